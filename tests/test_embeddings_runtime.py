@@ -125,6 +125,8 @@ def test_token_ids_outside_vocabulary_are_rejected(model: EmbeddingModel) -> Non
         model.embed([[1, 2], [5, 30522]])
     with pytest.raises(InvalidRequest):
         model.embed([[-1]])
+    with pytest.raises(InvalidRequest):
+        model.embed([[True, 5]])  # type: ignore[list-item]
 
 
 def test_empty_input_list_gives_no_vectors(model: EmbeddingModel) -> None:
@@ -168,3 +170,10 @@ def test_truncate_dimensions_renormalises_and_validates(vectors: np.ndarray) -> 
         truncate_dimensions(vectors, 0)
     with pytest.raises(InvalidRequest):
         truncate_dimensions(vectors, 385)
+
+
+def test_lone_surrogate_in_text_is_an_invalid_request(model: EmbeddingModel) -> None:
+    with pytest.raises(InvalidRequest, match=r"input\[1\].*surrogate"):
+        model.embed(["fine", "bad \ud800 text"])
+    with pytest.raises(InvalidRequest):
+        model.tokenize("\udfff")

@@ -116,18 +116,32 @@ def _layer_norm(x: np.ndarray, wb: tuple[np.ndarray, np.ndarray], eps: float) ->
     return xc / np.sqrt(var + eps) * wb[0] + wb[1]
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    # Abramowitz & Stegun 7.1.26; |error| < 1.5e-7, below float32 GELU noise. numpy has no erf.
-    s = np.sign(x)
+def _gelu_(x: np.ndarray) -> np.ndarray:
+    """Exact (erf) GELU, in place on float32 ``x``; returns ``x``.
+
+    numpy has no erf: Abramowitz & Stegun 7.1.26 gives q = 1 - erf(|x|/sqrt2) with |error| < 1.5e-7
+    (below float32 noise). Then gelu(x) = max(x, 0) - |x| * q / 2 for either sign, so no masked
+    copy is needed (``copyto(where=)`` was 3x slower than all the rest). ``out=`` everywhere: the
+    [tokens, 1536] temporaries are not reallocated per op.
+    """
     a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
-                                                                         + t * 1.061405429))))
-    return s * (1.0 - poly * np.exp(-a * a))
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + _erf(x * np.float32(0.7071067811865476)))
+    z = a * np.float32(0.7071067811865476)  # |x| / sqrt(2)
+    t = z * np.float32(0.3275911)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    q = np.float32(1.061405429) * t
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        q += np.float32(c)
+        q *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    q *= z  # q = 1 - erf(|x| / sqrt2)
+    q *= a
+    q *= np.float32(0.5)
+    np.maximum(x, 0, out=x)
+    x -= q
+    return x
 
 
 def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -153,6 +167,8 @@ def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         scores /= scores.sum(-1, keepdims=True)
         ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(b * n, h)  # [B*L, H]
         x = _layer_norm(ctx @ layer.out_w + layer.out_b + x, layer.ln1, cfg.layer_norm_eps)
-        ff = _gelu(x @ layer.ffn_in_w + layer.ffn_in_b) @ layer.ffn_out_w + layer.ffn_out_b
+        up = x @ layer.ffn_in_w
+        up += layer.ffn_in_b
+        ff = _gelu_(up) @ layer.ffn_out_w + layer.ffn_out_b
         x = _layer_norm(ff + x, layer.ln2, cfg.layer_norm_eps)
     return x.reshape(b, n, h)

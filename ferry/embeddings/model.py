@@ -87,6 +87,7 @@ class EmbeddingModel:
 
     def tokenize(self, text: str) -> list[int]:
         """WordPiece ids of ``text``, without [CLS]/[SEP]."""
+        _check_text(0, text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
@@ -101,6 +102,8 @@ class EmbeddingModel:
 
     def _to_sequences(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        for i in texts:
+            _check_text(i, inputs[i])  # type: ignore[arg-type]
         bodies: list[list[int]] = [[] for _ in inputs]
         if texts:
             encoded = self._tok.encode_batch([inputs[i] for i in texts], add_special_tokens=False)
@@ -123,7 +126,7 @@ class EmbeddingModel:
 
     def _checked_ids(self, index: int, ids: Sequence[int]) -> list[int]:
         out = list(ids)
-        bad = [t for t in out if not (isinstance(t, int) and 0 <= t < self.vocab_size)]
+        bad = [t for t in out if not (_is_int(t) and 0 <= t < self.vocab_size)]
         if bad:
             raise InvalidRequest(
                 f"input[{index}] has token id {bad[0]!r} outside this model's vocabulary "
@@ -143,6 +146,19 @@ class EmbeddingModel:
         pooled = np.einsum("blh,bl->bh", hidden, mask) / mask.sum(1, keepdims=True)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _check_text(index: int, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f"input[{index}] is not valid UTF-8 (it holds a lone surrogate)", param="input"
+        ) from None
+
+
+def _is_int(t: object) -> bool:
+    return isinstance(t, (int, np.integer)) and not isinstance(t, bool)
 
 
 def _batches(seqs: list[list[int]], token_budget: int) -> list[list[int]]:
