@@ -1,0 +1,286 @@
+"""The Redis stream store: any replica can replay, follow or delete any replica's session.
+
+Invariants (key layout and scripts in ``redis_scripts``):
+- Every state change is one Lua script, so a reader never sees a half-applied append or trim.
+- A writer learns it was replaced or deleted two ways: a message on the cancel channel (fast,
+  sets ``cancelled`` within milliseconds on whichever replica runs it) and the append script
+  refusing to write (sure, at the next append). After a reconnect of the listener, every local
+  session is re-checked, so a message missed while disconnected is not lost.
+- Followers block in XREAD on the session's data stream and stop at its end marker; a follower
+  whose next entry does not start where it expected fell more than a buffer behind and raises.
+- Connection failures become ``ServiceUnavailable``; only sessions touch Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import redis.asyncio as aioredis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ferry.errors import ServiceUnavailable
+from ferry.streams import redis_scripts
+from ferry.streams.base import (
+    Session,
+    SessionInfo,
+    beyond_end,
+    check_conv_id,
+    lost_offset,
+    not_found,
+    parse_last_event_id,
+)
+
+log = logging.getLogger(__name__)
+
+LIVE_LEASE = 600.0  # s a live session survives without an append (a crashed replica's garbage)
+CANCEL_GRACE_MS = 10_000  # a cancelled session's keys linger this long for followers to drain
+BLOCK_MS = 5_000  # one XREAD wait; after an idle one the follower checks the session still exists
+READ_COUNT = 512  # entries per XREAD: whole events, typically tens of KiB
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise ServiceUnavailable(f"stream store (Redis) is unreachable: {exc}") from exc
+
+
+class _Keys:
+    def __init__(self, prefix: str, owner: str | None, conv_id: str, sid: str) -> None:
+        ns = "-" if owner is None else hashlib.sha256(owner.encode()).hexdigest()[:32]
+        self.pointer = f"{prefix}:conv:{ns}:{conv_id}"
+        self.meta = f"{prefix}:meta:{sid}"
+        self.data = f"{prefix}:data:{sid}"
+        self.all = [self.pointer, self.meta, self.data]
+
+
+class RedisSession(Session):
+    def __init__(self, store: RedisStore, conv_id: str, sid: str, keys: _Keys) -> None:
+        super().__init__(conv_id)
+        self.sid = sid
+        self.keys = keys
+        self._store = store
+        self._finished = False
+
+    async def _append(self, data: bytes) -> bool:
+        store = self._store
+        args = [self.sid, data, store.buffer_bytes, int(store.lease * 1000)]
+        with _reachable():
+            total = await store._append(keys=self.keys.all, args=args)
+        if total < 0:
+            self._store._forget(self)
+            self.cancelled.set()
+            return False
+        return True
+
+    async def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._store._forget(self)
+        args = [self.sid, time.time(), int(self._store.ttl * 1000)]
+        with _reachable():
+            await self._store._finish(keys=self.keys.all, args=args)
+
+
+class RedisStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        buffer_bytes: int,
+        ttl: float,
+        lease: float = LIVE_LEASE,
+        prefix: str = "ferry:streams",
+    ) -> None:
+        self.buffer_bytes = buffer_bytes
+        self.ttl = ttl
+        self.lease = max(lease, ttl)
+        self.prefix = prefix
+        self._channel = f"{prefix}:cancel"
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=BLOCK_MS / 1000 + 5.0,  # longer than one blocking XREAD
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+        )
+        self._open = self._redis.register_script(redis_scripts.OPEN)
+        self._append = self._redis.register_script(redis_scripts.APPEND)
+        self._finish = self._redis.register_script(redis_scripts.FINISH)
+        self._cancel = self._redis.register_script(redis_scripts.CANCEL)
+        self._start = self._redis.register_script(redis_scripts.START)
+        self._local: dict[str, RedisSession] = {}  # live sessions this replica writes
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def open(self, conv_id: str, owner: str | None) -> RedisSession:
+        sid = uuid.uuid4().hex
+        keys = _Keys(self.prefix, owner, check_conv_id(conv_id), sid)
+        with _reachable():
+            args = [sid, time.time(), int(self.lease * 1000), conv_id]
+            old = await self._open(keys=[keys.pointer, keys.meta], args=args)
+            if old is not None:
+                await self._cancel_sid(
+                    _Keys(self.prefix, owner, conv_id, old.decode()), evict=False
+                )
+            await self._ensure_listening()
+        session = RedisSession(self, conv_id, sid, keys)
+        self._local[sid] = session
+        return session
+
+    async def lookup(self, conv_ids: list[str], owner: str | None) -> list[SessionInfo]:
+        for conv_id in conv_ids:
+            check_conv_id(conv_id, param="conversation_ids")
+        with _reachable():
+            sids = (
+                await self._redis.mget([_Keys(self.prefix, owner, c, "").pointer for c in conv_ids])
+                if conv_ids
+                else []
+            )
+            pipe = self._redis.pipeline(transaction=False)
+            for sid in sids:
+                pipe.hmget(
+                    f"{self.prefix}:meta:{(sid or b'').decode()}",
+                    "done",
+                    "total",
+                    "started_at",
+                    "completed_at",
+                    "cancelled",
+                )
+            metas = await pipe.execute()
+        return [
+            SessionInfo(c, m[0] == b"1", int(m[1]), float(m[2]), float(m[3]) if m[3] else None)
+            for c, sid, m in zip(conv_ids, sids, metas)
+            if sid is not None and m[0] is not None and m[4] != b"1"
+        ]
+
+    async def delete(self, conv_id: str, owner: str | None) -> None:
+        keys = _Keys(self.prefix, owner, conv_id, "")
+        with _reachable():
+            sid = await self._redis.get(keys.pointer)
+            if sid is not None:
+                await self._cancel_sid(_Keys(self.prefix, owner, conv_id, sid.decode()), evict=True)
+
+    async def replay(
+        self,
+        conv_id: str,
+        owner: str | None,
+        *,
+        offset: int = 0,
+        last_event_id: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        param = "from" if last_event_id is None else "Last-Event-ID"
+        start = offset if last_event_id is None else parse_last_event_id(last_event_id)
+        if start < 0:
+            raise beyond_end(conv_id, start, 0, param=param)
+        with _reachable():
+            sid = await self._redis.get(_Keys(self.prefix, owner, conv_id, "").pointer)
+            if sid is None:
+                raise not_found(conv_id)
+            keys = _Keys(self.prefix, owner, conv_id, sid.decode())
+            mode = "o" if last_event_id is None else "e"
+            res = await self._start(keys=[keys.meta, keys.data], args=[mode, start])
+        status = res[0].decode()
+        if status == "gone":
+            raise not_found(conv_id)
+        if status == "beyond":
+            raise beyond_end(conv_id, start, int(res[1]), param=param)
+        if status == "lost":
+            raise lost_offset(conv_id, start, int(res[1]), param=param)
+        _, resumed_at, entry_id, first, is_end = res
+        return self._follow(
+            keys, conv_id, int(resumed_at) + len(first), entry_id, first, is_end == 1
+        )
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self._redis.aclose()
+
+    async def _follow(
+        self, keys: _Keys, conv_id: str, pos: int, last_id: bytes, first: bytes, ended: bool
+    ) -> AsyncIterator[bytes]:
+        """``first``, then the stream's entries after ``last_id`` until the end marker."""
+        if first:
+            yield first
+        while not ended:
+            with _reachable():
+                reply = await self._redis.xread(
+                    {keys.data: last_id}, count=READ_COUNT, block=BLOCK_MS
+                )
+                if not reply and not await self._redis.exists(keys.meta):
+                    return  # expired or evicted while idle
+            parts: list[bytes] = []
+            for entry_id, fields in reply[0][1] if reply else ():
+                if int(entry_id.split(b"-", 1)[0]) != pos:
+                    raise lost_offset(conv_id, pos, int(entry_id.split(b"-", 1)[0]), param="from")
+                if b"d" not in fields:
+                    ended = True
+                    break
+                parts.append(fields[b"d"])
+                pos += len(fields[b"d"])
+                last_id = entry_id
+            if parts:
+                yield b"".join(parts)
+
+    async def _cancel_sid(self, keys: _Keys, *, evict: bool) -> None:
+        sid = keys.meta.rsplit(":", 1)[1]
+        local = self._local.pop(sid, None)
+        if local is not None:
+            local.cancelled.set()
+        args = [sid, time.time(), CANCEL_GRACE_MS, self._channel, "1" if evict else "0"]
+        await self._cancel(keys=keys.all, args=args)
+
+    def _forget(self, session: RedisSession) -> None:
+        self._local.pop(session.sid, None)
+
+    async def _ensure_listening(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="ferry-streams-cancel")
+        try:
+            await asyncio.wait_for(self._listening.wait(), timeout=3.0)
+        except TimeoutError as exc:
+            raise ServiceUnavailable("stream store (Redis) cancel channel is unreachable") from exc
+
+    async def _listen(self) -> None:
+        """Set ``cancelled`` on local sessions named on the cancel channel; resubscribe on loss."""
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    self._listening.set()
+                    await self._recheck_local()
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message["type"] == "message":
+                            session = self._local.pop(message["data"].decode(), None)
+                            if session is not None:
+                                session.cancelled.set()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._listening.clear()
+                log.warning("stream store cancel channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+
+    async def _recheck_local(self) -> None:
+        for session in list(self._local.values()):
+            pointer, cancelled = await asyncio.gather(
+                self._redis.get(session.keys.pointer),
+                self._redis.hget(session.keys.meta, "cancelled"),
+            )
+            if pointer != session.sid.encode() or cancelled != b"0":
+                self._forget(session)
+                session.cancelled.set()
