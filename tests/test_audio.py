@@ -1,0 +1,357 @@
+"""Audio transcription end to end: espeak-ng speech → real uvicorn server → real Whisper tiny.en.
+
+The server runs whatever ASGI app the ``audio_app`` fixture returns; swap that one fixture for the
+full Ferry app (with ``max_audio_bytes=MAX_AUDIO_BYTES``) to run the same tests through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ferry.api.audio import make_router
+from ferry.audio.registry import TranscriberRegistry
+from ferry.audio.transcriber import Transcriber
+from ferry.errors import FerryError, InvalidRequest
+
+SPOKEN = (
+    "Please send the weather report to the office before noon on Friday. "
+    "The meeting will start at ten in the morning and everyone should bring their notes."
+)
+MAX_AUDIO_BYTES = 1_000_000  # the espeak wav is ~300 kB
+CONTAINERS = ("wav", "mp3", "ogg", "flac", "webm", "m4a")
+SRT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)$")
+VTT_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d\d\d) --> (\d\d):(\d\d):(\d\d)\.(\d\d\d)$")
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def fraction_heard(text: str) -> float:
+    heard = set(words_of(text))
+    spoken = words_of(SPOKEN)
+    return sum(w in heard for w in spoken) / len(spoken)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """SPOKEN as speech in each container format, keyed by extension."""
+    if shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None:
+        pytest.fail("espeak-ng and ffmpeg are required: apt-get install -y espeak-ng ffmpeg")
+    root = tmp_path_factory.mktemp("speech")
+    wav = root / "speech.wav"
+    subprocess.run(["espeak-ng", "-s", "140", "-w", str(wav), SPOKEN], check=True)
+    for ext in CONTAINERS[1:]:
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y", "-i", str(wav), str(root / f"speech.{ext}")],
+            check=True,
+        )
+    return {ext: (root / f"speech.{ext}").read_bytes() for ext in CONTAINERS}
+
+
+@pytest.fixture(scope="session")
+def registry() -> TranscriberRegistry:
+    registry = TranscriberRegistry.bundled(max_concurrency=1)
+    registry.warm()
+    return registry
+
+
+@pytest.fixture(scope="session")
+def audio_app(registry: TranscriberRegistry) -> FastAPI:
+    app = FastAPI()
+    app.include_router(make_router(registry, max_audio_bytes=MAX_AUDIO_BYTES))
+
+    @app.exception_handler(FerryError)
+    async def ferry_error(_: Request, exc: FerryError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def base_url(audio_app: FastAPI) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(audio_app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key="x", max_retries=0, _strict_response_validation=True
+    )
+
+
+def transcribe(client: openai.OpenAI, audio: bytes, ext: str = "wav", **kwargs: object) -> object:
+    return client.audio.transcriptions.create(
+        model="whisper-1", file=(f"speech.{ext}", audio), **kwargs
+    )
+
+
+def post(base_url: str, path: str = "/v1/audio/transcriptions", **kwargs: object) -> httpx.Response:
+    return httpx.post(f"{base_url}{path}", timeout=60, **kwargs)
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+# --- transcription --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", CONTAINERS)
+def test_transcribes_spoken_words_from_each_container(
+    client: openai.OpenAI, speech: dict[str, bytes], ext: str
+) -> None:
+    result = transcribe(client, speech[ext], ext)
+    assert fraction_heard(result.text) >= 0.8, result.text
+
+
+def test_json_format_has_text_and_duration_usage(base_url: str, speech: dict[str, bytes]) -> None:
+    r = post(base_url, files={"file": ("a.wav", speech["wav"])}, data={"model": "whisper-tiny.en"})
+    assert r.status_code == 200
+    body = r.json()
+    assert fraction_heard(body["text"]) >= 0.8
+    assert body["usage"]["type"] == "duration" and 8 <= body["usage"]["seconds"] <= 12
+
+
+def test_text_format_is_plain_text(client: openai.OpenAI, speech: dict[str, bytes]) -> None:
+    text = transcribe(client, speech["wav"], response_format="text")
+    assert isinstance(text, str) and not text.lstrip().startswith("{")
+    assert fraction_heard(text) >= 0.8
+
+
+def _cue_times(match: re.Match[str]) -> tuple[float, float]:
+    h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(g) for g in match.groups())
+    return h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000
+
+
+def test_srt_format_has_numbered_cues_with_ordered_timestamps(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    srt = transcribe(client, speech["wav"], response_format="srt")
+    cues = [c.splitlines() for c in str(srt).strip().split("\n\n")]
+    assert len(cues) >= 1
+    last_end = 0.0
+    for number, cue in enumerate(cues, start=1):
+        assert cue[0] == str(number)
+        match = SRT_TIME.match(cue[1])
+        assert match, cue[1]
+        start, end = _cue_times(match)
+        assert last_end <= start <= end <= 12
+        last_end = end
+    assert fraction_heard(" ".join(" ".join(c[2:]) for c in cues)) >= 0.8
+
+
+def test_vtt_format_has_header_and_ordered_timestamps(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    vtt = str(transcribe(client, speech["wav"], response_format="vtt"))
+    header, *blocks = vtt.strip().split("\n\n")
+    assert header == "WEBVTT" and blocks
+    last_end = 0.0
+    for block in blocks:
+        timing = block.splitlines()[0]
+        match = VTT_TIME.match(timing)
+        assert match, timing
+        start, end = _cue_times(match)
+        assert last_end <= start <= end <= 12
+        last_end = end
+    assert fraction_heard(" ".join(b.split("\n", 1)[1] for b in blocks)) >= 0.8
+
+
+def test_verbose_json_has_segments_and_words_when_asked(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    result = transcribe(
+        client,
+        speech["wav"],
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert result.language == "english"
+    assert 9 <= result.duration <= 11
+    assert fraction_heard(result.text) >= 0.8
+    assert result.segments and [s.id for s in result.segments] == list(range(len(result.segments)))
+    for s in result.segments:
+        assert 0 <= s.start <= s.end <= result.duration + 0.5 and s.tokens
+        assert s.avg_logprob <= 0 and 0 <= s.no_speech_prob <= 1
+    assert result.words and fraction_heard(" ".join(w.word for w in result.words)) >= 0.8
+    assert all(a.start <= b.start for a, b in zip(result.words, result.words[1:]))
+
+
+def test_verbose_json_without_word_granularity_has_no_words(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    result = transcribe(client, speech["wav"], response_format="verbose_json")
+    assert result.segments and result.words is None
+
+
+def test_stream_sends_text_deltas_then_done(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    events = list(transcribe(client, speech["wav"], stream=True))
+    *deltas, done = events
+    assert deltas and all(e.type == "transcript.text.delta" for e in deltas)
+    assert done.type == "transcript.text.done"
+    assert "".join(e.delta for e in deltas).strip() == done.text
+    assert fraction_heard(done.text) >= 0.8
+
+
+def test_concurrent_requests_all_complete(base_url: str, speech: dict[str, bytes]) -> None:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+            return await asyncio.gather(*(
+                http.post("/v1/audio/transcriptions", files={"file": ("a.mp3", speech["mp3"])},
+                          data={"model": "whisper-1"})
+                for _ in range(3)
+            ))  # fmt: skip
+
+    for r in asyncio.run(run()):
+        assert r.status_code == 200 and fraction_heard(r.json()["text"]) >= 0.8
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b"\x00garbage" * 500, b"RIFF\x00\x00\x00\x00WAVEjunk"])
+def test_undecodable_audio_is_400_naming_file(base_url: str, data: bytes) -> None:
+    r = post(base_url, files={"file": ("a.wav", data)}, data={"model": "whisper-1"})
+    assert r.status_code == 400
+    err = error_of(r)
+    assert err["param"] == "file" and "decode" in err["message"]
+
+
+def test_empty_file_is_400(base_url: str) -> None:
+    r = post(base_url, files={"file": ("a.wav", b"")}, data={"model": "whisper-1"})
+    assert r.status_code == 400 and error_of(r)["param"] == "file"
+
+
+def test_garbage_through_openai_client_raises_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        transcribe(client, b"not audio at all" * 100)
+
+
+@pytest.mark.parametrize(
+    "size", [MAX_AUDIO_BYTES + 1, 4 * MAX_AUDIO_BYTES], ids=["just-over", "far-over"]
+)
+def test_oversize_file_is_413(base_url: str, size: int) -> None:
+    r = post(base_url, files={"file": ("a.wav", b"\x00" * size)}, data={"model": "whisper-1"})
+    assert r.status_code == 413
+    assert error_of(r)["code"] == "payload_too_large"
+
+
+def test_oversize_chunked_upload_is_413_without_content_length(base_url: str) -> None:
+    boundary = "ferryboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+
+    def body() -> Iterator[bytes]:  # a generator: httpx sends it chunked, with no length
+        yield head
+        for _ in range(3 * MAX_AUDIO_BYTES // 65536):
+            yield b"\x00" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    r = post(
+        base_url,
+        content=body(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"response_format": "xml"}, "response_format"),
+        ({"temperature": "1.5"}, "temperature"),
+        ({"temperature": "-0.1"}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"timestamp_granularities[]": "char"}, "timestamp_granularities"),
+        ({"timestamp_granularities[]": "word"}, "timestamp_granularities"),  # needs verbose_json
+        ({"stream": "maybe"}, "stream"),
+        ({"stream": "true", "response_format": "srt"}, "stream"),
+        ({"language": "xx"}, "language"),
+        ({"language": "fr"}, "language"),  # tiny.en is English-only
+        ({"model": ""}, "model"),
+    ],
+)
+def test_bad_parameter_is_400_naming_it(
+    base_url: str, speech: dict[str, bytes], fields: dict[str, str], param: str
+) -> None:
+    r = post(
+        base_url, files={"file": ("a.wav", speech["wav"])}, data={"model": "whisper-1"} | fields
+    )
+    assert r.status_code == 400, r.text
+    assert error_of(r)["param"] == param
+
+
+def test_missing_file_is_400_naming_file(base_url: str) -> None:
+    r = post(base_url, data={"model": "whisper-1"}, files={"other": ("x", b"1")})
+    assert r.status_code == 400 and error_of(r)["param"] == "file"
+
+
+def test_unknown_model_is_404(base_url: str, speech: dict[str, bytes]) -> None:
+    r = post(base_url, files={"file": ("a.wav", speech["wav"])}, data={"model": "whisper-9"})
+    assert r.status_code == 404 and error_of(r)["code"] == "model_not_found"
+
+
+def test_translation_with_english_only_model_is_400(
+    client: openai.OpenAI, speech: dict[str, bytes]
+) -> None:
+    with pytest.raises(openai.BadRequestError, match="cannot translate"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # newer clients deprecate translations
+        client.audio.translations.create(model="whisper-1", file=("a.wav", speech["wav"]))
+
+
+# --- the Transcriber itself -----------------------------------------------------------------
+
+
+def test_transcriber_rejects_garbage_with_invalid_request(registry: TranscriberRegistry) -> None:
+    transcriber: Transcriber = registry("whisper-1")
+    with pytest.raises(InvalidRequest):
+        asyncio.run(transcriber.transcribe(io.BytesIO(b"\x01" * 4096).read()))
+
+
+def test_bundled_model_is_english_only_and_shared_by_aliases(
+    registry: TranscriberRegistry,
+) -> None:
+    assert registry("whisper-1") is registry("whisper-tiny.en")
+    assert registry("whisper-1").multilingual is False
+    assert registry.names() == ["whisper-1", "whisper-tiny.en"]
