@@ -1,0 +1,1 @@
+"""Speech to text: the Whisper transcriber, its model registry and OpenAI's response formats."""
