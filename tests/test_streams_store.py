@@ -228,6 +228,7 @@ async def test_reader_that_falls_a_whole_buffer_behind_fails_instead_of_skipping
     chunks = await store.replay(conv, None)
     await chunks.__anext__()
     await _write(session, [f"{i}" * 30 for i in range(20)])
+    await session.finish()
     with pytest.raises(InvalidRequest):
         async for _ in chunks:
             pass
