@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
@@ -45,6 +46,13 @@ LIVE_LEASE = 600.0  # s a live session survives without an append (a crashed rep
 CANCEL_GRACE_MS = 10_000  # a cancelled session's keys linger this long for followers to drain
 BLOCK_MS = 5_000  # one XREAD wait; after an idle one the follower checks the session still exists
 READ_COUNT = 512  # entries per XREAD: whole events, typically tens of KiB
+
+_Arg = bytes | str | int | float  # what a script argument may be
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]  # XREAD entries (replies are never decoded)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @contextlib.contextmanager
@@ -74,7 +82,7 @@ class RedisSession(Session):
 
     async def _append(self, data: bytes) -> bool:
         store = self._store
-        args = [self.sid, data, store.buffer_bytes, int(store.lease * 1000)]
+        args: list[_Arg] = [self.sid, data, store.buffer_bytes, int(store.lease * 1000)]
         with _reachable():
             total = await store._append(keys=self.keys.all, args=args)
         if total < 0:
@@ -88,7 +96,7 @@ class RedisSession(Session):
             return
         self._finished = True
         self._store._forget(self)
-        args = [self.sid, time.time(), int(self._store.ttl * 1000)]
+        args: list[_Arg] = [self.sid, time.time(), int(self._store.ttl * 1000)]
         with _reachable():
             await self._store._finish(keys=self.keys.all, args=args)
 
@@ -127,12 +135,10 @@ class RedisStore:
         sid = uuid.uuid4().hex
         keys = _Keys(self.prefix, owner, check_conv_id(conv_id), sid)
         with _reachable():
-            args = [sid, time.time(), int(self.lease * 1000), conv_id]
+            args: list[_Arg] = [sid, time.time(), int(self.lease * 1000), conv_id]
             old = await self._open(keys=[keys.pointer, keys.meta], args=args)
             if old is not None:
-                await self._cancel_sid(
-                    _Keys(self.prefix, owner, conv_id, old.decode()), evict=False
-                )
+                await self._cancel_sid(_Keys(self.prefix, owner, conv_id, _text(old)), evict=False)
             await self._ensure_listening()
         session = RedisSession(self, conv_id, sid, keys)
         self._local[sid] = session
@@ -141,27 +147,19 @@ class RedisStore:
     async def lookup(self, conv_ids: list[str], owner: str | None) -> list[SessionInfo]:
         for conv_id in conv_ids:
             check_conv_id(conv_id, param="conversation_ids")
+        pointers = [_Keys(self.prefix, owner, c, "").pointer for c in conv_ids]
         with _reachable():
-            sids = (
-                await self._redis.mget([_Keys(self.prefix, owner, c, "").pointer for c in conv_ids])
-                if conv_ids
-                else []
-            )
+            sids = await self._redis.mget(pointers) if pointers else []
+            found = [(c, _text(sid)) for c, sid in zip(conv_ids, sids) if sid is not None]
             pipe = self._redis.pipeline(transaction=False)
-            for sid in sids:
-                pipe.hmget(
-                    f"{self.prefix}:meta:{(sid or b'').decode()}",
-                    "done",
-                    "total",
-                    "started_at",
-                    "completed_at",
-                    "cancelled",
-                )
+            for _, sid in found:
+                fields = ("done", "total", "started_at", "completed_at", "cancelled")
+                pipe.hmget(f"{self.prefix}:meta:{sid}", *fields)
             metas = await pipe.execute()
         return [
             SessionInfo(c, m[0] == b"1", int(m[1]), float(m[2]), float(m[3]) if m[3] else None)
-            for c, sid, m in zip(conv_ids, sids, metas)
-            if sid is not None and m[0] is not None and m[4] != b"1"
+            for (c, _), m in zip(found, metas)
+            if m[0] is not None and m[4] != b"1"  # expired, or replaced since the GET
         ]
 
     async def delete(self, conv_id: str, owner: str | None) -> None:
@@ -169,7 +167,7 @@ class RedisStore:
         with _reachable():
             sid = await self._redis.get(keys.pointer)
             if sid is not None:
-                await self._cancel_sid(_Keys(self.prefix, owner, conv_id, sid.decode()), evict=True)
+                await self._cancel_sid(_Keys(self.prefix, owner, conv_id, _text(sid)), evict=True)
 
     async def replay(
         self,
@@ -187,10 +185,10 @@ class RedisStore:
             sid = await self._redis.get(_Keys(self.prefix, owner, conv_id, "").pointer)
             if sid is None:
                 raise not_found(conv_id)
-            keys = _Keys(self.prefix, owner, conv_id, sid.decode())
+            keys = _Keys(self.prefix, owner, conv_id, _text(sid))
             mode = "o" if last_event_id is None else "e"
             res = await self._start(keys=[keys.meta, keys.data], args=[mode, start])
-        status = res[0].decode()
+        status = _text(res[0])
         if status == "gone":
             raise not_found(conv_id)
         if status == "beyond":
@@ -222,10 +220,12 @@ class RedisStore:
                 )
                 if not reply and not await self._redis.exists(keys.meta):
                     return  # expired or evicted while idle
+            entries = cast(_Entries, reply[0][1]) if reply else []  # type: ignore[index]
             parts: list[bytes] = []
-            for entry_id, fields in reply[0][1] if reply else ():
-                if int(entry_id.split(b"-", 1)[0]) != pos:
-                    raise lost_offset(conv_id, pos, int(entry_id.split(b"-", 1)[0]), param="from")
+            for entry_id, fields in entries:
+                start = int(entry_id.split(b"-", 1)[0])
+                if start != pos:  # trimmed past us: fail rather than skip bytes
+                    raise lost_offset(conv_id, pos, start, param="from")
                 if b"d" not in fields:
                     ended = True
                     break
@@ -240,7 +240,7 @@ class RedisStore:
         local = self._local.pop(sid, None)
         if local is not None:
             local.cancelled.set()
-        args = [sid, time.time(), CANCEL_GRACE_MS, self._channel, "1" if evict else "0"]
+        args: list[_Arg] = [sid, time.time(), CANCEL_GRACE_MS, self._channel, "1" if evict else "0"]
         await self._cancel(keys=keys.all, args=args)
 
     def _forget(self, session: RedisSession) -> None:
@@ -267,7 +267,7 @@ class RedisStore:
                             ignore_subscribe_messages=True, timeout=1.0
                         )
                         if message is not None and message["type"] == "message":
-                            session = self._local.pop(message["data"].decode(), None)
+                            session = self._local.pop(_text(message["data"]), None)
                             if session is not None:
                                 session.cancelled.set()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
