@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -30,31 +31,38 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _start_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A real redis-server on a loopback port, answering PING when this returns."""
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not os.path.exists(exe):
         pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
+    proc = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
     deadline = time.monotonic() + 10
     while True:
         try:
             client.ping()
-            break
+            client.close()
+            return proc
         except redis.ConnectionError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 pytest.fail("redis-server did not start")
             time.sleep(0.05)
-    client.close()
-    yield url
+
+
+def _stop_redis(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    proc = _start_redis(port, str(tmp_path_factory.mktemp("redis")))
+    yield f"redis://127.0.0.1:{port}/0"
+    _stop_redis(proc)
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -402,12 +410,43 @@ async def test_redis_keys_always_carry_a_ttl(redis_url: str) -> None:
         await store.close()
 
 
-async def test_open_raises_service_unavailable_when_redis_is_down() -> None:
+async def test_every_call_raises_service_unavailable_when_redis_is_down() -> None:
     store = make_store(f"redis://127.0.0.1:{_free_port()}/0", buffer_bytes=100, ttl=1)
     started = time.monotonic()
     try:
         with pytest.raises(ServiceUnavailable):
             await store.open(_conv(), None)
         assert time.monotonic() - started < 5
+        with pytest.raises(ServiceUnavailable):
+            await store.lookup([_conv()], None)
+        with pytest.raises(ServiceUnavailable):
+            await store.replay(_conv(), None)
+        with pytest.raises(ServiceUnavailable):
+            await store.delete(_conv(), None)
     finally:
         await store.close()
+
+
+async def test_cancel_still_reaches_the_writer_after_a_redis_restart(tmp_path: Path) -> None:
+    port, aof = _free_port(), ("--appendonly", "yes", "--appendfsync", "always")
+    proc = _start_redis(port, str(tmp_path), *aof)
+    url = f"redis://127.0.0.1:{port}/0"
+    writer_side = make_store(url, buffer_bytes=1 << 20, ttl=60)
+    other_side = make_store(url, buffer_bytes=1 << 20, ttl=60)
+    try:
+        conv = _conv()
+        session = await writer_side.open(conv, None)
+        sent = await _write(session, ["before"])
+        _stop_redis(proc)
+        proc = _start_redis(port, str(tmp_path), *aof)
+        await asyncio.sleep(1.5)  # the writer's cancel listener notices and resubscribes
+        assert not session.cancelled.is_set()  # a restart alone cancels nothing
+        sent += await _write(session, ["after"])
+        [info] = await other_side.lookup([conv], None)
+        assert info.total_bytes == len(sent)
+        await other_side.delete(conv, None)
+        assert await _eventually(session.cancelled.is_set, within=1.0)
+    finally:
+        await writer_side.close()
+        await other_side.close()
+        _stop_redis(proc)

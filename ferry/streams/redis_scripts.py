@@ -26,11 +26,12 @@ return old
 """
 
 # KEYS: pointer, meta, data.  ARGV: sid, bytes, capacity, lease_ms.
-# Returns the new total, or -1 if the session was replaced, cancelled, finished or expired.
+# Returns the new total; -1 if the session was replaced, cancelled or finished; -2 if Redis no
+# longer has it (lease expired, Redis restarted empty): not a cancel, but nothing is stored.
 APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local m = redis.call('HMGET', KEYS[2], 'done', 'total', 'retained', 'ring_start')
-if m[1] ~= '0' then return -1 end
+if not m[1] then return -2 end
+if m[1] ~= '0' or redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local n = string.len(ARGV[2])
 redis.call('XADD', KEYS[3], m[2] .. '-1', 'd', ARGV[2])
 local total = tonumber(m[2]) + n

@@ -43,7 +43,7 @@ from ferry.streams.base import (
 log = logging.getLogger(__name__)
 
 LIVE_LEASE = 600.0  # s a live session survives without an append (a crashed replica's garbage)
-CANCEL_GRACE_MS = 10_000  # a cancelled session's keys linger this long for followers to drain
+CANCEL_GRACE_MS = 60_000  # a cancelled session's keys linger: followers drain, writers learn
 BLOCK_MS = 5_000  # one XREAD wait; after an idle one the follower checks the session still exists
 READ_COUNT = 512  # entries per XREAD: whole events, typically tens of KiB
 
@@ -79,17 +79,24 @@ class RedisSession(Session):
         self.keys = keys
         self._store = store
         self._finished = False
+        self._lost = False  # Redis dropped the session: stop storing, keep generating
 
     async def _append(self, data: bytes) -> bool:
         store = self._store
+        if self._lost:
+            return False
         args: list[_Arg] = [self.sid, data, store.buffer_bytes, int(store.lease * 1000)]
         with _reachable():
             total = await store._append(keys=self.keys.all, args=args)
-        if total < 0:
+        if total == -2:
+            log.warning(
+                "stream %s (%s) vanished from Redis; no longer stored", self.sid, self.conv_id
+            )
+            self._lost = True
+        elif total < 0:
             self._store._forget(self)
             self.cancelled.set()
-            return False
-        return True
+        return total >= 0
 
     async def finish(self) -> None:
         if self._finished:
@@ -281,6 +288,7 @@ class RedisStore:
                 self._redis.get(session.keys.pointer),
                 self._redis.hget(session.keys.meta, "cancelled"),
             )
-            if pointer != session.sid.encode() or cancelled != b"0":
+            replaced = pointer is not None and pointer != session.sid.encode()
+            if replaced or cancelled == b"1":  # a missing session is lost, not cancelled
                 self._forget(session)
                 session.cancelled.set()
