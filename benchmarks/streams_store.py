@@ -72,7 +72,7 @@ async def _first_byte(store: StreamStore, conv: str, offset: int, repeats: int =
         chunks = await store.replay(conv, None, offset=offset)
         await chunks.__anext__()
         samples.append(time.perf_counter() - started)
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
     return statistics.median(samples)
 
 
@@ -88,7 +88,7 @@ async def _follow_lag(writer: StreamStore, reader: StreamStore, events: int = 20
         await chunks.__anext__()
         lags.append(time.perf_counter() - started)
     await session.finish()
-    await chunks.aclose()  # type: ignore[attr-defined]
+    await chunks.aclose()
     return statistics.median(lags)
 
 

@@ -190,6 +190,22 @@ async def test_reader_started_before_the_end_gets_everything_and_ends_after_fini
     assert await asyncio.wait_for(reader, 5) == (head + tail)[1:]
 
 
+async def test_client_that_disconnects_mid_stream_resumes_with_exactly_the_rest(
+    make: MakeStore,
+) -> None:
+    store, conv = make(), _conv()
+    session = await store.open(conv, None)
+    sent = await _write(session, ["a" * 10, "b" * 10])
+    chunks = await store.replay(conv, None)
+    seen = await chunks.__anext__()
+    await chunks.aclose()  # the client went away
+    sent += await _write(session, ["c" * 10])  # the generation keeps running
+    resumed = asyncio.create_task(_read_all(await store.replay(conv, None, offset=len(seen))))
+    sent += await _write(session, ["d" * 10])
+    await session.finish()
+    assert seen + await asyncio.wait_for(resumed, 5) == sent
+
+
 async def test_reader_of_an_unstarted_stream_waits_for_the_first_event(make: MakeStore) -> None:
     store, conv = make(), _conv()
     session = await store.open(conv, None)
@@ -295,6 +311,7 @@ async def test_lookup_returns_only_the_asked_known_sessions(make: MakeStore) -> 
     live, finished = infos
     assert (live.is_done, live.total_bytes, live.completed_at) == (False, 0, None)
     assert (finished.is_done, finished.total_bytes) == (True, len(sent))
+    assert finished.completed_at is not None
     assert before - 1 <= finished.started_at <= finished.completed_at <= time.time() + 1
     assert await store.lookup([], None) == []
 

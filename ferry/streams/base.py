@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -162,7 +162,7 @@ class StreamStore(Protocol):
         *,
         offset: int = 0,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Check the request, then return an iterator of the kept bytes from the resume point,
         followed live until the session is done, deleted or replaced.
 

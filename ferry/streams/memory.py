@@ -14,7 +14,7 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from ferry.streams.base import (
     Session,
@@ -118,7 +118,7 @@ class MemoryStore:
         *,
         offset: int = 0,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         self._sweep()
         session = self._sessions.get((owner, conv_id))
         if session is None:
@@ -154,7 +154,7 @@ class MemoryStore:
                 del self._sessions[key]
 
 
-async def _follow(session: MemorySession, pos: int) -> AsyncIterator[bytes]:
+async def _follow(session: MemorySession, pos: int) -> AsyncGenerator[bytes, None]:
     """Kept bytes from ``pos``, then live bytes until the session ends."""
     ring = session.ring
     while True:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import cast
 
 import redis.asyncio as aioredis
@@ -183,7 +183,7 @@ class RedisStore:
         *,
         offset: int = 0,
         last_event_id: str | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         param = "from" if last_event_id is None else "Last-Event-ID"
         start = offset if last_event_id is None else parse_last_event_id(last_event_id)
         if start < 0:
@@ -216,7 +216,7 @@ class RedisStore:
 
     async def _follow(
         self, keys: _Keys, conv_id: str, pos: int, last_id: bytes, first: bytes, ended: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """``first``, then the stream's entries after ``last_id`` until the end marker."""
         if first:
             yield first
