@@ -1,0 +1,1 @@
+"""The HTTP layer: schemas, thin routes, the error handler."""

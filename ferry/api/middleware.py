@@ -1,0 +1,101 @@
+"""Pure-ASGI middleware (never buffers a streaming response): request ids and the one log line per
+request, API-key auth, and the body-size limit enforced while the body arrives."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+
+from ferry.errors import AuthenticationError, FerryError, PayloadTooLarge
+
+log = logging.getLogger("ferry.access")
+
+PUBLIC_PATHS = ("/health",)
+UI_PATHS = ("/", "/index.html")
+
+
+def _token(headers: dict[bytes, bytes]) -> bytes | None:
+    token = headers.get(b"x-api-key")
+    auth = headers.get(b"authorization", b"")
+    if token is None and auth[:7].lower() == b"bearer ":
+        token = auth[7:].strip()
+    return token
+
+
+async def _send_error(send, exc: FerryError, request_id: str) -> None:
+    body = json.dumps(exc.to_body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"x-request-id", request_id.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class FerryMiddleware:
+    def __init__(self, app, *, api_keys: list[str], max_body_size: int) -> None:
+        self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+        self.max_body_size = max_body_size
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        token = _token(headers)
+        return token is not None and any(hmac.compare_digest(token, k) for k in self.api_keys)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        t0 = time.perf_counter()
+        status = [0]
+
+        async def send_wrapped(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = list(message.get("headers", [])) + [
+                    (b"x-request-id", rid.encode())]
+            await send(message)
+
+        path = scope["path"]
+        try:
+            if (self.api_keys and scope["method"] != "OPTIONS" and path not in PUBLIC_PATHS
+                    and not (scope["method"] == "GET" and (path in UI_PATHS
+                                                            or path.startswith("/ui/")))
+                    and not self._authorized(headers)):
+                raise AuthenticationError("Incorrect API key provided. Send it as "
+                                          "'Authorization: Bearer KEY' or 'X-Api-Key: KEY'.")
+            scope["state"]["api_key"] = self._key_of(headers)
+            length = headers.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_size:
+                raise PayloadTooLarge(f"Request body is {int(length)} bytes; the limit is "
+                                      f"{self.max_body_size} bytes.")
+            await self.app(scope, self._limited(receive), send_wrapped)
+        except FerryError as e:
+            if status[0] == 0:
+                await _send_error(send_wrapped, e, rid)
+        finally:
+            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0],
+                     (time.perf_counter() - t0) * 1000)
+
+    def _key_of(self, headers: dict[bytes, bytes]) -> str | None:
+        token = _token(headers) if self.api_keys else None
+        return token.decode("latin-1") if token else None
+
+    def _limited(self, receive):
+        seen = 0
+        limit = self.max_body_size
+
+        async def wrapped():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            return message
+
+        return wrapped

@@ -1,0 +1,124 @@
+"""Thin routes: parse, call a service, choose a response."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ferry.api.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from ferry.errors import InvalidRequest, ServiceUnavailable
+from ferry.services import completions as svc
+from ferry.services.generation import Generation
+from ferry.sse import EventStreamResponse, encode
+
+T = TypeVar("T")
+router = APIRouter()
+
+
+def _state(request: Request):
+    return request.app.state.ferry
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], gen: Generation) -> T:
+    """Run ``work``; if the client disconnects first, cancel the generation (non-streaming)."""
+    task = asyncio.ensure_future(work)
+
+    async def _wait_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(_wait_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            gen.cancel()
+            task.cancel()
+            raise asyncio.CancelledError
+        return task.result()
+    finally:
+        watcher.cancel()
+
+
+async def _encoded(events: AsyncIterator) -> AsyncIterator[bytes]:
+    from ferry.errors import FerryError
+
+    try:
+        async for ev in events:
+            yield encode(ev)
+    except FerryError as e:  # after the stream started: an error event, then a clean end
+        yield encode(svc.Event(e.to_body()))
+
+
+def _check_n(state, n: int) -> None:
+    if n > state.settings.max_n:
+        raise InvalidRequest(f"n must be at most {state.settings.max_n}", param="n")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    state = _state(request)
+    _check_n(state, body.n)
+    job = svc.prepare_chat(body, state.models.get_chat(body.model))
+    gen = job.start()
+    if body.stream:
+        return state.stream_response(request, _encoded(svc.chat_stream(job, gen)), gen)
+    return JSONResponse(await until_disconnect(request, svc.chat_response(job, gen), gen))
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    state = _state(request)
+    _check_n(state, body.n)
+    job = svc.prepare_completion(body, state.models.get_chat(body.model))
+    gen = job.start()
+    if body.stream:
+        return state.stream_response(request, _encoded(svc.completion_stream(job, gen)), gen)
+    return JSONResponse(await until_disconnect(request, svc.completion_response(job, gen), gen))
+
+
+def _model_obj(m) -> dict:
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "ferry"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [_model_obj(m) for m in _state(request).models.chat.values()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    return _model_obj(_state(request).models.get_chat(model_id))
+
+
+@router.post("/tokenize")
+@router.post("/v1/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    m = _state(request).models.get_chat(body.model)
+    text = body.content if body.content is not None else body.prompt or ""
+    tokens = m.model.tokenize(text, add_special=body.add_special, parse_special=True)
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": m.engine.n_ctx_seq}
+
+
+@router.post("/detokenize")
+@router.post("/v1/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    m = _state(request).models.get_chat(body.model)
+    return {"content": m.model.detokenize(body.tokens)}
+
+
+@router.get("/health")
+async def health(request: Request):
+    state = _state(request)
+    if not state.models.ready:
+        raise ServiceUnavailable("loading model")
+    return {"status": "ok",
+            "models": {m.id: m.engine.status() for m in state.models.chat.values()}}

@@ -1,0 +1,95 @@
+"""The ASGI application: ``create_app(settings)`` wires settings, models, middleware and routes.
+
+Models load in the background after start-up, so ``/health`` answers 503 while loading and 200
+once ready. Mountable inside another ASGI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+
+from ferry import __version__
+from ferry.api import errors as api_errors
+from ferry.api.middleware import FerryMiddleware
+from ferry.api.routes import router
+from ferry.engine.engine import EngineConfig
+from ferry.engine.model import bundled_model_path
+from ferry.services.generation import Generation
+from ferry.services.models import ModelRegistry
+from ferry.settings import Settings
+from ferry.sse import EventStreamResponse
+
+log = logging.getLogger(__name__)
+
+
+class AppState:
+    """Everything a route needs, owned by the app (no module globals)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models = ModelRegistry()
+        self.load_error: str | None = None
+
+    def engine_config(self) -> EngineConfig:
+        s = self.settings
+        return EngineConfig(n_ctx=s.slot_ctx(), n_slots=s.parallel, n_threads=s.threads,
+                            n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
+                            max_queue=s.max_queue, queue_timeout=s.queue_timeout)
+
+    def model_specs(self) -> list[tuple[str | None, str]]:
+        specs: list[tuple[str | None, str]] = []
+        for item in self.settings.model or [bundled_model_path()]:
+            alias, sep, path = item.partition("=")
+            specs.append((alias, path) if sep else (None, item))
+        return specs
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for alias, path in self.model_specs():
+                await asyncio.to_thread(self.models.load_chat, alias, path, self.engine_config(),
+                                        self.settings.chat_template, loop)
+            self.models.ready = True
+        except Exception as e:  # reported by /health; the process keeps answering
+            log.exception("model load failed")
+            self.load_error = str(e)
+
+    def stream_response(self, request: Request, body, gen: Generation) -> EventStreamResponse:
+        s = self.settings
+        return EventStreamResponse(body, ping_interval=s.sse_ping_interval,
+                                   send_timeout=s.send_timeout, on_close=gen.cancel)
+
+    def close(self) -> None:
+        self.models.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(state.load())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
+                  description="OpenAI-compatible LLM inference server")
+    app.state.ferry = state
+    api_errors.install(app)
+    app.include_router(router)
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(FerryMiddleware, api_keys=settings.api_key,
+                       max_body_size=settings.max_body_size)
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                       allow_headers=["*"], expose_headers=["X-Request-Id"])
+    return app

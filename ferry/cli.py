@@ -1,0 +1,42 @@
+"""``ferry serve`` (flags generated from ferry.settings.Settings) and ``ferry bench``."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: ferry {serve,bench} [options]
+
+  serve   serve the OpenAI-compatible API (ferry serve --help)
+  bench   benchmark OpenAI-compatible servers (ferry bench --help)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        from ferry.server import serve
+        from ferry.settings import Settings
+
+        return serve(_parse(Settings, rest))
+    if cmd == "bench":
+        from ferry.bench.cli import main as bench_main
+
+        return bench_main(rest)
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+def _parse(settings_cls, args: list[str]):
+    from pydantic_settings import CliSettingsSource
+
+    source = CliSettingsSource(settings_cls, cli_prog_name="ferry serve", cli_parse_args=args,
+                               cli_kebab_case=True, cli_implicit_flags=True)
+    return settings_cls(_cli_settings_source=source(args=args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The inference engine: sequences, scheduler, llama.cpp runner and the engine thread."""

@@ -1,0 +1,242 @@
+"""The engine thread: ``schedule() -> run() -> postprocess()`` in a loop, bridged to asyncio.
+
+Invariants:
+- One thread per loaded model calls llama.cpp; the asyncio side never blocks on it. Requests enter
+  through ``submit`` (any thread) and results leave through one ``call_soon_threadsafe`` per step.
+- A cancelled sequence leaves within one step: its slot is released and its sampler freed.
+- Every sequence gets exactly one Output with a ``finish_reason`` and nothing after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ferry.engine import sampling
+from ferry.engine.detok import TextAssembler
+from ferry.engine.model import Model
+from ferry.engine.runner import Runner, RunnerConfig
+from ferry.engine.scheduler import Scheduler, StepPlan
+from ferry.engine.sequence import Output, SamplingParams, Sequence
+from ferry.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    n_ctx: int = 16384
+    n_slots: int = 8
+    n_threads: int = 2
+    n_batch: int = 512
+    prefill_chunk: int = 64
+    max_queue: int = 256
+    queue_timeout: float | None = None
+
+
+@dataclass(slots=True)
+class StepTimes:
+    """Per-step timings, for /metrics and the benchmark's overhead report."""
+
+    steps: int = 0
+    decode_s: float = 0.0
+    python_s: float = 0.0  # step wall time minus llama_decode and sampling in C
+    by_batch: dict[int, list[float]] = field(default_factory=dict)  # n_seqs -> [sum_py_s, count]
+
+    def record(self, n_seqs: int, total: float, decode: float) -> None:
+        self.steps += 1
+        self.decode_s += decode
+        self.python_s += total - decode
+        acc = self.by_batch.setdefault(n_seqs, [0.0, 0])
+        acc[0] += total - decode
+        acc[1] += 1
+
+
+class Engine:
+    def __init__(self, model: Model, cfg: EngineConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.runner = Runner(model, RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
+        self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
+        self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout)
+        self.times = StepTimes()
+        self.tokens_generated = 0
+        self.tokens_prompt = 0
+        self._inbox: deque[Sequence] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._eog_bias = {t: float("-inf") for t in model.eog_ids}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="ferry-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        self.runner.close()
+
+    # ---- asyncio side ----------------------------------------------------------------------
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting + len(self._inbox)
+
+    @property
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    def submit(self, prompt: list[int], params: SamplingParams, max_tokens: int,
+               sink: Callable[[Output], None]) -> Sequence:
+        """Queue one sequence; ``sink`` is called on the event loop with each Output."""
+        if self.num_waiting >= self.cfg.max_queue:
+            raise Overloaded("the server is at capacity; retry shortly",
+                             headers={"Retry-After": "1"})
+        if params.ignore_eos:
+            params.logit_bias = {**self._eog_bias, **params.logit_bias}
+        seq = Sequence(prompt, params, max_tokens, sink, arrival=time.monotonic())
+        self._inbox.append(seq)
+        self._wake.set()
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+        self._wake.set()
+
+    # ---- engine thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            if not self._inbox and not self.scheduler.has_work():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception:  # a bug must not kill the thread silently: fail what runs, go on
+                log.exception("engine step failed")
+                self._fail_all("internal error in the engine")
+
+    def step(self) -> None:
+        t0 = time.perf_counter()
+        while self._inbox:
+            self.scheduler.add(self._inbox.popleft())
+        plan = self.scheduler.schedule(time.monotonic())
+        out: list[tuple[Callable[[Output], None], Output]] = []
+        for seq in plan.cancelled:
+            self._release(seq)
+            out.append((seq.sink, self._final(seq, "", "cancelled")))
+        for seq in plan.expired:
+            out.append((seq.sink, self._final(seq, "", "queue_timeout")))
+        for w in plan.work:
+            if w.seq.sampler is None:
+                self._prepare(w.seq)
+        decode_s = 0.0
+        if plan.work:
+            td = time.perf_counter()
+            rows = self.runner.run(plan)
+            decode_s = time.perf_counter() - td
+            self._postprocess(plan, rows, out)
+        self._deliver(out)
+        if plan.work:
+            self.times.record(len(plan.work), time.perf_counter() - t0, decode_s)
+
+    def _prepare(self, seq: Sequence) -> None:
+        seq.sampler = sampling.make_sampler(seq.params, self.model.n_vocab)
+        seq.detok = TextAssembler(seq.params.stop)
+        if seq.params.constraint is not None:
+            seq.constraint = seq.params.constraint()
+        self.tokens_prompt += len(seq.prompt) - seq.num_cached
+
+    def _postprocess(self, plan: StepPlan, rows: dict[int, int],
+                     out: list[tuple[Callable[[Output], None], Output]]) -> None:
+        model = self.model
+        for w in plan.work:
+            seq = w.seq
+            seq.num_computed += len(w.tokens)
+            row = rows.get(seq.id)
+            if row is None:
+                continue
+            c = seq.constraint
+            logits = self.runner.logits(row) if (c is not None or seq.params.logprobs) else None
+            if c is not None:
+                c.apply(logits)
+            tok = self.runner.sample(seq.sampler, row)
+            if c is not None:
+                c.accept(tok)
+            lp = None
+            if seq.params.logprobs and tok not in model.eog_ids:
+                lp = [sampling.token_logprob(logits, tok, seq.params.top_logprobs, model.pieces)]
+            if seq.first_token_time is None:
+                seq.first_token_time = time.monotonic()
+            self.tokens_generated += 1
+            finish = None
+            if tok in model.eog_ids:
+                text, finish = seq.detok.flush(), "stop"
+            else:
+                seq.generated.append(tok)
+                text = seq.detok.feed(model.text_pieces[tok])
+                if seq.detok.stopped or (c is not None and c.is_complete()):
+                    text += seq.detok.flush()
+                    finish = "stop"
+                elif len(seq.generated) >= seq.max_tokens or seq.num_computed + 1 >= self.n_ctx_seq:
+                    text += seq.detok.flush()
+                    finish = "length"
+            if finish is not None:
+                self.scheduler.finish(seq, finish)
+                self._release(seq)
+                out.append((seq.sink, self._final(seq, text, finish, lp, [tok])))
+            else:
+                out.append((seq.sink, Output(text, [tok], lp, None, len(seq.prompt),
+                                             len(seq.generated), seq.num_cached)))
+
+    def _final(self, seq: Sequence, text: str, reason: str, lp=None, toks=None) -> Output:
+        return Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
+                      seq.num_cached)
+
+    def _release(self, seq: Sequence) -> None:
+        sampling.free_sampler(seq.sampler)
+        seq.sampler = None
+        seq.constraint = None
+
+    def _fail_all(self, message: str) -> None:
+        out = []
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.finish(seq, "error")
+            self._release(seq)
+            o = self._final(seq, "", "error")
+            o.error = message
+            out.append((seq.sink, o))
+        for slot in range(self.cfg.n_slots):
+            self.runner.clear_slot(slot)
+            self.scheduler.slot_tokens[slot] = []
+        self._deliver(out)
+
+    def _deliver(self, out: list[tuple[Callable[[Output], None], Output]]) -> None:
+        if out and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_dispatch, out)
+
+    def kv_cells_used(self) -> int:
+        return sum(s.num_computed for s in self.scheduler.running)
+
+    def status(self) -> dict:
+        return {"running": self.num_running, "waiting": self.num_waiting,
+                "kv_cells_used": self.kv_cells_used(), "n_ctx_seq": self.n_ctx_seq,
+                "slots": self.cfg.n_slots}
+
+
+def _dispatch(out: list[tuple[Callable[[Output], None], Output]]) -> None:
+    for sink, o in out:
+        try:
+            sink(o)
+        except Exception:  # one broken consumer must not starve the others
+            log.exception("output sink failed")

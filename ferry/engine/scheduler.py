@@ -1,0 +1,173 @@
+"""The waiting and running queues, slot assignment, prefix reuse and the per-step token budget.
+
+Nothing else touches the queues. Pure logic (no llama.cpp), so it is unit-tested with a fake runner.
+
+Invariants:
+- At most ``n_slots`` sequences run; each running sequence owns exactly one slot (a llama.cpp
+  sequence id with its own KV stream of ``n_ctx_seq`` cells), so the KV cache can never overflow.
+- A released slot keeps the tokens it holds in KV as a reusable prefix (``slot_tokens``) until it is
+  given to another sequence; admission prefers the free slot with the longest common prefix, and the
+  runner trims the slot's KV to that prefix (``StepPlan.trims``) before the step's decode.
+- Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
+  chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
+  step while other sequences are decoding, so a long prompt never stalls running streams.
+- Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from ferry.engine.sequence import Sequence, Status
+
+
+@dataclass(slots=True)
+class Work:
+    seq: Sequence
+    tokens: list[int]
+    pos: int  # position of tokens[0] in the sequence
+    logits: bool  # the last token's logits are needed (decode, or the prompt's last chunk)
+
+
+@dataclass(slots=True)
+class StepPlan:
+    work: list[Work] = field(default_factory=list)
+    trims: list[tuple[int, int]] = field(default_factory=list)  # (slot, keep first n cells)
+    cancelled: list[Sequence] = field(default_factory=list)
+    expired: list[Sequence] = field(default_factory=list)  # waited longer than queue_timeout
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(w.tokens) for w in self.work)
+
+
+@dataclass(slots=True)
+class Stats:
+    prefix_hits: int = 0
+    prefix_cached_tokens: int = 0
+    steps: int = 0
+
+
+class Scheduler:
+    def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
+                 queue_timeout: float | None = None) -> None:
+        self.n_slots = n_slots
+        self.max_batch_tokens = max_batch_tokens
+        self.prefill_chunk = prefill_chunk
+        self.queue_timeout = queue_timeout
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_slots: list[int] = list(range(n_slots))
+        self.slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self._slot_age = [0] * n_slots
+        self._clock = 0
+        self.stats = Stats()
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def schedule(self, now: float = 0.0) -> StepPlan:
+        plan = StepPlan()
+        self._drop_cancelled(plan)
+        self._expire_waiting(plan, now)
+        self._admit(plan)
+        budget = self.max_batch_tokens
+        decoding = [s for s in self.running if not s.in_prefill]
+        for seq in decoding:
+            plan.work.append(Work(seq, [seq.generated[-1]], seq.num_computed, True))
+        budget -= len(decoding)
+        chunk_cap = self.prefill_chunk if decoding else budget
+        for seq in self.running:
+            if budget <= 0:
+                break
+            if not seq.in_prefill:
+                continue
+            n = min(len(seq.prompt) - seq.num_computed, chunk_cap, budget)
+            toks = seq.prompt[seq.num_computed: seq.num_computed + n]
+            done = seq.num_computed + n == len(seq.prompt)
+            plan.work.append(Work(seq, toks, seq.num_computed, done))
+            budget -= n
+            chunk_cap -= n
+            if chunk_cap <= 0:
+                break
+        self.stats.steps += 1
+        return plan
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Remove a sequence (any state) and release its slot, keeping its KV as a prefix."""
+        if seq.status is Status.FINISHED:
+            return
+        if seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        else:
+            self.running.remove(seq)
+            self._release(seq)
+        seq.status = Status.FINISHED
+        seq.finish_reason = reason
+
+    def _release(self, seq: Sequence) -> None:
+        slot = seq.slot
+        assert slot is not None
+        self.slot_tokens[slot] = seq.all_tokens[: seq.num_computed]
+        self._clock += 1
+        self._slot_age[slot] = self._clock
+        self.free_slots.append(slot)
+        seq.slot = None
+
+    def _drop_cancelled(self, plan: StepPlan) -> None:
+        for seq in [s for s in self.waiting if s.cancelled] + [s for s in self.running if s.cancelled]:
+            self.finish(seq, "cancelled")
+            plan.cancelled.append(seq)
+
+    def _expire_waiting(self, plan: StepPlan, now: float) -> None:
+        if self.queue_timeout is None:
+            return
+        for seq in [s for s in self.waiting if now - s.arrival > self.queue_timeout]:
+            self.finish(seq, "queue_timeout")
+            plan.expired.append(seq)
+
+    def _admit(self, plan: StepPlan) -> None:
+        while self.waiting and self.free_slots:
+            seq = self.waiting.popleft()
+            slot, k = self._best_slot(seq.prompt)
+            self.free_slots.remove(slot)
+            k = min(k, len(seq.prompt) - 1)  # always compute >= 1 prompt token to get logits
+            plan.trims.append((slot, k))
+            self.slot_tokens[slot] = self.slot_tokens[slot][:k]
+            seq.slot = slot
+            seq.num_computed = k
+            seq.num_cached = k
+            if k > 0:
+                self.stats.prefix_hits += 1
+                self.stats.prefix_cached_tokens += k
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+
+    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
+        best, best_k = None, -1
+        for slot in self.free_slots:
+            k = _common_prefix(self.slot_tokens[slot], prompt)
+            if k > best_k or (k == best_k and self._slot_age[slot] < self._slot_age[best]):
+                best, best_k = slot, k
+        assert best is not None
+        return best, best_k
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,111 @@
+"""A request's generation state: its tokens, sampling parameters, slot and status.
+
+Invariants:
+- ``num_computed`` prompt tokens are in the KV cache of ``slot``; the rest still need prefill.
+- A sequence owns its slot from admission until it finishes; the scheduler alone moves it between
+  the waiting and running queues and releases the slot.
+- ``cancelled`` may be set from any thread; the engine acts on it at the start of its next step.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    seed: int | None = None
+    max_tokens: int | None = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # Factory of a per-sequence token constraint (structured outputs); None = free text.
+    constraint: Callable[[], Any] | None = None
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: list[tuple[str, list[int], float]]
+
+
+@dataclass(slots=True)
+class Output:
+    """What one engine step produced for one sequence (sent to the asyncio side)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None  # "stop" | "length" | "cancelled" | "error"
+    num_prompt_tokens: int
+    num_completion_tokens: int
+    num_cached_tokens: int
+    error: str | None = None
+
+
+class Sequence:
+    """One choice of one request. ``sink`` is called (from the engine thread) with each Output."""
+
+    __slots__ = (
+        "id", "prompt", "params", "sink", "status", "slot", "num_computed", "num_cached",
+        "generated", "finish_reason", "cancelled", "max_tokens", "sampler", "constraint",
+        "detok", "arrival", "first_token_time",
+    )
+
+    def __init__(self, prompt: list[int], params: SamplingParams, max_tokens: int,
+                 sink: Callable[[Output], None], arrival: float = 0.0) -> None:
+        self.id = next(_ids)
+        self.prompt = prompt
+        self.params = params
+        self.sink = sink
+        self.max_tokens = max_tokens
+        self.status = Status.WAITING
+        self.slot: int | None = None
+        self.num_computed = 0
+        self.num_cached = 0
+        self.generated: list[int] = []
+        self.finish_reason: str | None = None
+        self.cancelled = False
+        self.sampler: Any = None
+        self.constraint: Any = None
+        self.detok: Any = None
+        self.arrival = arrival
+        self.first_token_time: float | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt)
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.num_computed < len(self.prompt)
+
+    @property
+    def all_tokens(self) -> list[int]:
+        return self.prompt + self.generated
+
+    def __repr__(self) -> str:
+        return f"Sequence({self.id}, {self.status.value}, slot={self.slot}, gen={len(self.generated)})"

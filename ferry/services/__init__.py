@@ -1,0 +1,1 @@
+"""Services: what routes call. They raise typed errors (ferry.errors) and return plain data."""

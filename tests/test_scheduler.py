@@ -1,0 +1,114 @@
+"""Scheduler logic with a fake runner: no llama.cpp involved."""
+
+from __future__ import annotations
+
+from ferry.engine.scheduler import Scheduler
+from ferry.engine.sequence import SamplingParams, Sequence, Status
+
+
+def seq(prompt: list[int], max_tokens: int = 4) -> Sequence:
+    return Sequence(prompt, SamplingParams(), max_tokens, lambda o: None)
+
+
+def fake_run(sched: Scheduler, plan, next_token: int = 7) -> None:
+    """What the engine does after a decode: advance, sample for rows with logits."""
+    for w in plan.work:
+        w.seq.num_computed += len(w.tokens)
+        if w.logits:
+            w.seq.generated.append(next_token)
+
+
+def test_every_running_sequence_advances_in_one_step():
+    s = Scheduler(n_slots=4)
+    seqs = [seq([1, 2, 3]) for _ in range(4)]
+    for q in seqs:
+        s.add(q)
+    plan = s.schedule()
+    assert {w.seq.id for w in plan.work} == {q.id for q in seqs}
+    fake_run(s, plan)
+    plan = s.schedule()
+    assert all(len(w.tokens) == 1 and w.logits for w in plan.work)
+    assert len(plan.work) == 4
+
+
+def test_no_more_sequences_run_than_slots():
+    s = Scheduler(n_slots=2)
+    for _ in range(5):
+        s.add(seq([1, 2]))
+    s.schedule()
+    assert s.num_running == 2 and s.num_waiting == 3
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
+    a = seq([1, 2])
+    s.add(a)
+    fake_run(s, s.schedule())
+    b = seq(list(range(2000)))
+    s.add(b)
+    chunks = 0
+    while b.in_prefill:
+        plan = s.schedule()
+        assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
+        assert sum(len(w.tokens) for w in plan.work if w.seq is b) <= 64
+        fake_run(s, plan)
+        chunks += 1
+    assert chunks == -(-2000 // 64)
+
+
+def test_alone_a_long_prompt_uses_the_whole_batch():
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
+    b = seq(list(range(2000)))
+    s.add(b)
+    plan = s.schedule()
+    assert plan.num_tokens == 512
+
+
+def test_cancelled_sequence_leaves_at_next_step_and_frees_its_slot():
+    s = Scheduler(n_slots=1)
+    a, b = seq([1, 2]), seq([3, 4])
+    s.add(a)
+    s.add(b)
+    fake_run(s, s.schedule())
+    a.cancelled = True
+    plan = s.schedule()
+    assert plan.cancelled == [a] and a.status is Status.FINISHED
+    assert [w.seq for w in plan.work] == [b]
+
+
+def test_prompt_extending_a_cached_prefix_skips_it():
+    s = Scheduler(n_slots=2)
+    a = seq([5, 6, 7, 8])
+    s.add(a)
+    fake_run(s, s.schedule())  # prompt computed, token 7 sampled
+    fake_run(s, s.schedule())  # token 7 computed
+    s.finish(a, "stop")
+    b = seq([5, 6, 7, 8, 7, 9, 10])  # next turn: previous prompt + answer + more
+    s.add(b)
+    plan = s.schedule()
+    assert b.num_cached == 5 and plan.trims == [(b.slot, 5)]
+    assert plan.work[0].tokens == [9, 10]
+    assert s.stats.prefix_hits == 1
+
+
+def test_identical_prompt_recomputes_at_least_its_last_token():
+    s = Scheduler(n_slots=1)
+    a = seq([1, 2, 3])
+    s.add(a)
+    fake_run(s, s.schedule())
+    s.finish(a, "stop")
+    b = seq([1, 2, 3])
+    s.add(b)
+    plan = s.schedule()
+    assert plan.work[0].tokens == [3] and plan.work[0].logits
+
+
+def test_waiting_past_queue_timeout_expires():
+    s = Scheduler(n_slots=1, queue_timeout=5)
+    a, b = seq([1]), seq([2])
+    s.add(a)
+    s.schedule(now=0)
+    b.arrival = 0
+    s.add(b)
+    plan = s.schedule(now=10)
+    assert plan.expired == [b] and b.finish_reason == "queue_timeout"
