@@ -284,12 +284,10 @@ def test_llama_server_peer_is_started_measured_and_stopped(capsys) -> None:
 
 
 @needs_llama_server
-def test_llama_server_is_stopped_when_the_run_raises(tmp_path: Path) -> None:
+async def test_llama_server_is_stopped_when_the_run_raises(tmp_path: Path) -> None:
     settings = ServerSettings(default_gguf(), 2, 512, 60.0, LLAMA_SERVER)
-    with (
-        pytest.raises(RuntimeError, match="mid-run"),
-        managed_server("llama-server", settings, 1, tmp_path) as url,
-    ):
-        assert _port_open(url)
-        raise RuntimeError("mid-run")
+    with pytest.raises(RuntimeError, match="mid-run"):
+        async with managed_server("llama-server", settings, 1, tmp_path) as url:
+            assert _port_open(url)
+            raise RuntimeError("mid-run")
     assert not _port_open(url)

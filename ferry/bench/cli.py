@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,9 @@ from ferry.bench.peers import (
     Target,
     default_gguf,
     find_llama_server,
-    make_log_dir,
+    kill_leftovers,
 )
-from ferry.bench.report import document, table
+from ferry.bench.report import Row, document, table
 from ferry.bench.runner import BenchConfig, run_benchmark
 
 DEFAULT_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -104,7 +107,7 @@ def synthetic_prompt(n_tokens: int) -> str:
     return " ".join(itertools.islice(itertools.cycle(FILLER_WORDS), n_tokens))
 
 
-def _config(args: argparse.Namespace) -> BenchConfig:
+def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
     targets: list[Target] = args.targets or []
     settings = None
     if any(t.peer for t in targets):
@@ -129,7 +132,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
     )
     return BenchConfig(
         targets=targets, concurrencies=args.concurrency, requests=args.requests, spec=spec,
-        warmup=args.warmup, settings=settings, log_dir=make_log_dir(),
+        warmup=args.warmup, settings=settings, log_dir=log_dir,
     )  # fmt: skip
 
 
@@ -146,20 +149,38 @@ def _describe(config: BenchConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
+async def _run_cancellable(config: BenchConfig) -> list[Row]:
+    """SIGTERM cancels the run like Ctrl-C does, so started servers are stopped either way."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await run_benchmark(config)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.targets:
         parser.error("give at least one --url or --vs")
     try:
-        config = _config(args)
-        rows = asyncio.run(run_benchmark(config))
+        # server logs only matter while a server runs: PeerError quotes their tail
+        with tempfile.TemporaryDirectory(prefix="ferry-bench-") as log_dir:
+            config = _config(args, Path(log_dir))
+            rows = asyncio.run(_run_cancellable(config))
     except PeerError as exc:
         print(f"ferry bench: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("ferry bench: interrupted; started servers were stopped", file=sys.stderr)
         return 130
+    finally:
+        kill_leftovers()
     print(document(rows, _describe(config)) if args.json else table(rows))
     return 1 if any(row.summary.errors for row in rows) else 0
 

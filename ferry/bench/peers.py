@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -19,9 +20,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from asyncio.subprocess import Process
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ import httpx
 
 PEER_NAMES = ("ferry", "llama-server", "llama-cpp-python")
 STOP_GRACE_S = 10.0
+# Process groups of servers started and not yet stopped. Module state on purpose: it must outlive
+# an event loop torn down by a second Ctrl-C, so that ``kill_leftovers`` can still reach them.
+_live_groups: set[int] = set()
 
 
 class PeerError(RuntimeError):
@@ -122,56 +126,74 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, deadline: float, log: Path) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise PeerError(f"server exited with {proc.returncode}:\n{_log_tail(log)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+async def _wait_healthy(proc: Process, url: str, deadline: float, log: Path) -> None:
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise PeerError(f"server exited with {proc.returncode}:\n{_log_tail(log)}")
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
     raise PeerError(f"{url} not healthy in time:\n{_log_tail(log)}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's own process group, SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
+def _signal_group(proc: Process, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)  # the server's own group: start_new_session made pgid == pid
+
+
+async def stop(proc: Process) -> None:
+    """SIGTERM the server's process group; SIGKILL it if it lingers or we are cancelled again."""
     try:
-        proc.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
+        if proc.returncode is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                _signal_group(proc, signal.SIGKILL)
+                await proc.wait()
+    except BaseException:  # cancelled while stopping: no time left to be polite
+        _signal_group(proc, signal.SIGKILL)
+        raise
+    finally:
+        _live_groups.discard(proc.pid)
+
+
+def kill_leftovers() -> None:
+    """SIGKILL servers whose ``stop`` never ran (a second Ctrl-C aborts the event loop itself)."""
+    for pgid in list(_live_groups):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.killpg(pgid, signal.SIGKILL)
+        _live_groups.discard(pgid)
 
 
-@contextlib.contextmanager
-def managed_server(
+@contextlib.asynccontextmanager
+async def managed_server(
     name: str, settings: ServerSettings, concurrency: int, log_dir: Path
-) -> Iterator[str]:
+) -> AsyncIterator[str]:
     """Start peer ``name`` for ``concurrency`` on a free port; yield its base URL; stop it."""
     build, health_path = MANAGED[name]
     port = free_port()
     log = log_dir / f"{name}-c{concurrency}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            build(settings, port, concurrency),
+        proc = await asyncio.create_subprocess_exec(
+            *build(settings, port, concurrency),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _live_groups.add(proc.pid)
     try:
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + settings.startup_timeout_s
-        _wait_healthy(proc, base_url + health_path, deadline, log)
+        await _wait_healthy(proc, base_url + health_path, deadline, log)
         yield base_url
     finally:
-        stop(proc)
+        await stop(proc)
 
 
 @dataclass(frozen=True)
@@ -182,17 +204,13 @@ class Target:
     url: str | None = None  # set for --url targets
     peer: str | None = None  # set for --vs targets
 
-    @contextlib.contextmanager
-    def serving(
+    @contextlib.asynccontextmanager
+    async def serving(
         self, concurrency: int, settings: ServerSettings | None, log_dir: Path
-    ) -> Iterator[str]:
+    ) -> AsyncIterator[str]:
         if self.url is not None:
             yield self.url
             return
         assert self.peer is not None and settings is not None
-        with managed_server(self.peer, settings, concurrency, log_dir) as url:
+        async with managed_server(self.peer, settings, concurrency, log_dir) as url:
             yield url
-
-
-def make_log_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ferry-bench-"))

@@ -62,7 +62,7 @@ async def _measure(
     total = config.requests_for(concurrency)
     label = f"{target.name} c={concurrency}"
     progress.show(label + " (starting)", 0, total)
-    with target.serving(concurrency, config.settings, config.log_dir) as url:
+    async with target.serving(concurrency, config.settings, config.log_dir) as url:
         spec = config.spec
         if not spec.model:
             spec = dataclasses.replace(spec, model=await discover_model(url, spec.api_key))
