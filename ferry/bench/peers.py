@@ -105,7 +105,8 @@ def llama_cpp_python_command(s: ServerSettings, port: int, concurrency: int) -> 
 
 def ferry_command(s: ServerSettings, port: int, concurrency: int) -> list[str]:
     return [
-        sys.executable, "-m", "ferry", "serve", "--port", str(port), "--parallel", str(concurrency),
+        sys.executable, "-m", "ferry", "serve", "--model", str(s.gguf), "--port", str(port),
+        "--parallel", str(concurrency),
         "--threads", str(s.threads), "--ctx-size", str(concurrency * s.slot_ctx),
     ]  # fmt: skip
 
