@@ -119,6 +119,8 @@ def _tiny_app() -> Starlette:
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
             try:
+                if body["model"] == "garbage":
+                    yield "not json"
                 if endpoint == "chat":  # a role-only first chunk, as OpenAI sends
                     yield json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
                 for i in range(n):
@@ -215,7 +217,8 @@ def test_ignore_eos_is_sent_by_default_and_can_be_turned_off(tiny_server, capsys
 
 
 @pytest.mark.parametrize(
-    ("model", "error"), [("broken", "HTTP 500"), ("cut", "stream ended without [DONE]")]
+    ("model", "error"),
+    [("broken", "HTTP 500"), ("cut", "stream ended without [DONE]"), ("garbage", "JSONDecode")],
 )
 def test_failed_requests_are_counted_and_exit_status_is_one(
     tiny_server, capsys, model: str, error: str
@@ -227,6 +230,17 @@ def test_failed_requests_are_counted_and_exit_status_is_one(
     )  # fmt: skip
     assert code == 1
     assert r["errors"] == 2 and r["output_tokens"] == 0 and error in r["first_error"]
+
+
+def test_a_request_slower_than_the_timeout_is_an_error(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    code, [r] = _run_json(
+        capsys, "--url", url, "--concurrency", "2", "--requests", "2", "--max-tokens", "50",
+        "--timeout", "0.2", "--warmup", "0",
+    )  # fmt: skip
+    assert code == 1
+    assert r["errors"] == 2 and r["first_error"] == "timed out after 0.2 s"
+    assert r["wall_s"] < 2
 
 
 def test_table_prints_each_target_and_its_ratio_to_the_first(tiny_server, capsys) -> None:

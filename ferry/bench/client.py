@@ -123,9 +123,14 @@ async def stream_request(
 ) -> RequestResult:
     """Send one streaming request and time it; failures come back in ``.error``."""
     result = RequestResult()
+    url = api_root(base_url) + PATHS[spec.endpoint]
     try:
-        await _consume_stream(client, api_root(base_url) + PATHS[spec.endpoint], spec, result)
-    except (httpx.HTTPError, SSEError, json.JSONDecodeError) as exc:
+        async with asyncio.timeout(spec.timeout_s):  # whole request, not per read
+            await _consume_stream(client, url, spec, result)
+    except TimeoutError:
+        result.error = f"timed out after {spec.timeout_s:g} s"
+    except (httpx.HTTPError, SSEError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        # transport failures and malformed chunks alike are this request's error, not the run's
         result.error = f"{type(exc).__name__}: {exc}"[:300]
     if result.error is not None:  # a failed request contributes nothing but its error
         return RequestResult(error=result.error)
