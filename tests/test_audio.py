@@ -7,7 +7,6 @@ full Ferry app (with ``max_audio_bytes=MAX_AUDIO_BYTES``) to run the same tests 
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 import shutil
 import socket
@@ -340,13 +339,31 @@ def test_translation_with_english_only_model_is_400(
         client.audio.translations.create(model="whisper-1", file=("a.wav", speech["wav"]))
 
 
-# --- the Transcriber itself -----------------------------------------------------------------
+# --- the Transcriber itself (its own instance: an asyncio.Semaphore belongs to one loop) -----
 
 
-def test_transcriber_rejects_garbage_with_invalid_request(registry: TranscriberRegistry) -> None:
-    transcriber: Transcriber = registry("whisper-1")
+@pytest.fixture(scope="module")
+def transcriber() -> Transcriber:
+    return Transcriber.bundled(max_concurrency=1)
+
+
+def test_transcriber_rejects_garbage_with_invalid_request(transcriber: Transcriber) -> None:
     with pytest.raises(InvalidRequest):
-        asyncio.run(transcriber.transcribe(io.BytesIO(b"\x01" * 4096).read()))
+        asyncio.run(transcriber.transcribe(b"\x01" * 4096))
+
+
+def test_stream_closed_early_frees_its_slot(
+    transcriber: Transcriber, speech: dict[str, bytes]
+) -> None:
+    async def run() -> str:
+        segments = await transcriber.stream(speech["wav"])
+        first = await anext(segments)
+        await segments.aclose()  # what a client hanging up does to the response
+        assert first.text.strip()
+        done = await asyncio.wait_for(transcriber.transcribe(speech["ogg"]), timeout=120)
+        return done.text
+
+    assert fraction_heard(asyncio.run(run())) >= 0.8
 
 
 def test_bundled_model_is_english_only_and_shared_by_aliases(

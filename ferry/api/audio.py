@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -161,14 +162,15 @@ async def _read_upload(file: UploadFile | str | None, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _sse_response(segments: AsyncIterator[Segment]) -> StreamingResponse:
+def _sse_response(segments: AsyncGenerator[Segment, None]) -> StreamingResponse:
     # TODO: use ferry.sse encoder
     async def events() -> AsyncIterator[bytes]:
         text = ""
-        async for segment in segments:
-            delta = segment.text if text else segment.text.lstrip()
-            text += delta
-            yield f"data: {json.dumps(delta_event(delta))}\n\n".encode()
+        async with aclosing(segments):  # a client that hangs up stops the model promptly
+            async for segment in segments:
+                delta = segment.text if text else segment.text.lstrip()
+                text += delta
+                yield f"data: {json.dumps(delta_event(delta))}\n\n".encode()
         yield f"data: {json.dumps(done_event(text.strip()))}\n\n".encode()
 
     return StreamingResponse(

@@ -18,7 +18,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -172,14 +172,14 @@ class Transcriber:
         prompt: str | None = None,
         temperature: float = 0.0,
         task: Task = "transcribe",
-    ) -> AsyncIterator[Segment]:
+    ) -> AsyncGenerator[Segment, None]:
         """Validate and decode now (so bad input fails before a response starts); the returned
         iterator yields segments as the model produces them."""
         options = self._options(task, language, prompt, temperature, False)
         audio = await asyncio.to_thread(_decode, data)
         return self._stream(audio, options)
 
-    async def _stream(self, audio: np.ndarray, options: _Options) -> AsyncIterator[Segment]:
+    async def _stream(self, audio: np.ndarray, options: _Options) -> AsyncGenerator[Segment, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Segment] = asyncio.Queue()
         job = _Job(audio, options, emit=lambda s: loop.call_soon_threadsafe(queue.put_nowait, s))
