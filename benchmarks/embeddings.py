@@ -27,12 +27,23 @@ from pathlib import Path
 
 BATCHES = (1, 32, 256)
 REPO = Path(__file__).resolve().parent.parent
-SUBJECTS = ["The ferry", "A small dog", "My neighbour", "The committee", "An old engineer",
-            "The orchestra", "A tired student", "The river"]
+SUBJECTS = [
+    "The ferry",
+    "A small dog",
+    "My neighbour",
+    "The committee",
+    "An old engineer",
+    "The orchestra",
+    "A tired student",
+    "The river",
+]
 VERBS = ["crossed", "watched", "ignored", "described", "repaired", "painted", "followed", "sold"]
 OBJECTS = ["the bridge at dawn", "a broken clock", "the noisy market", "three red boats"]
-LABELS = {"ferry": "Ferry (llama.cpp F16)", "st": "sentence-transformers + torch",
-          "numpy": "numpy BERT (rejected)"}
+LABELS = {
+    "ferry": "Ferry (llama.cpp F16)",
+    "st": "sentence-transformers + torch",
+    "numpy": "numpy BERT (rejected)",
+}
 
 
 def sentences() -> list[str]:
@@ -91,10 +102,26 @@ def worker(runtime: str, threads: int, seconds: float, rounds: int) -> None:
 
 def run(python: str, runtime: str, args: argparse.Namespace) -> dict[str, list[float]]:
     t = str(args.threads)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OPENBLAS_NUM_THREADS": t, "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t}
-    cmd = [python, __file__, "--worker", runtime, "--threads", t,
-           "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OPENBLAS_NUM_THREADS": t,
+        "OMP_NUM_THREADS": t,
+        "MKL_NUM_THREADS": t,
+    }
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        runtime,
+        "--threads",
+        t,
+        "--seconds",
+        str(args.seconds),
+        "--rounds",
+        str(args.rounds),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=900)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -186,7 +186,9 @@ class NumpyMiniLM:
         start = 0
         while start < len(order):
             end = start + 1  # ascending lengths: the last one added sets the padded width
-            while end < len(order) and (end - start + 1) * len(seqs[order[end]]) <= self.token_budget:
+            while (
+                end < len(order) and (end - start + 1) * len(seqs[order[end]]) <= self.token_budget
+            ):
                 end += 1
             batch = order[start:end]
             width = len(seqs[batch[-1]])

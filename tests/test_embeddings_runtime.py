@@ -22,7 +22,7 @@ from ferry.embeddings import (
 )
 from ferry.embeddings.gguf_cache import cached_gguf
 from ferry.embeddings.model import _packs, bundled_model_dir
-from ferry.errors import InvalidRequest
+from ferry.errors import ContextTooLong, InvalidRequest
 
 FIXTURE = json.loads(
     (Path(__file__).parent / "fixtures" / "minilm_reference.json").read_text(encoding="utf-8")
@@ -124,7 +124,7 @@ def test_input_of_exactly_max_tokens_is_accepted(model: EmbeddingModel) -> None:
 
 
 def test_too_long_input_is_rejected_naming_index_and_lengths(model: EmbeddingModel) -> None:
-    with pytest.raises(InvalidRequest) as err:
+    with pytest.raises(ContextTooLong) as err:  # an InvalidRequest: 400 context_length_exceeded
         model.embed(["short", "word " * 600])
     message = err.value.message
     assert "input[1]" in message and "602" in message and "512" in message
@@ -172,7 +172,9 @@ def test_base64_round_trips_as_little_endian_float32(vectors: np.ndarray) -> Non
     assert len(base64.b64decode(encoded)) == 4 * 384
     np.testing.assert_array_equal(decode_base64(encoded), vectors[0])
     # what the openai client does with encoding_format="base64"
-    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(encoded), dtype="float32"), vectors[0])
+    np.testing.assert_array_equal(
+        np.frombuffer(base64.b64decode(encoded), dtype="float32"), vectors[0]
+    )
 
 
 def test_truncate_dimensions_renormalises_and_validates(vectors: np.ndarray) -> None:

