@@ -50,6 +50,7 @@ def cached_gguf(model_dir: Path, cache_dir: Path | None = None) -> Path:
     os.close(fd)
     try:
         convert(model_dir, Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared by other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

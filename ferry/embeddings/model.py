@@ -2,12 +2,13 @@
 
 Runtime: llama.cpp (``encoder.LlamaEncoder``) over a GGUF converted once from the bundled
 all-MiniLM-L6-v2 safetensors and cached on disk (``gguf_cache``); Hugging Face ``tokenizers``
-tokenises. No torch at run time. Why llama.cpp: measured on this 2-core machine, one thread each
-(benchmarks/RESULTS.md, "## Embeddings"), it embeds a single short sentence about twice as fast per
-CPU-second as a numpy BERT forward over the same weights (F16 matrices halve the bytes streamed per
-forward, and it has no per-op Python overhead), and is level with it and with sentence-transformers
-+ torch at batches of 32 and 256; its thread count is per context, where numpy's OpenBLAS threads
-are process-global and collapse when the cores are contended.
+tokenises. No torch at run time. Why llama.cpp (benchmarks/RESULTS.md, "## Embeddings"; one thread
+each, sentences per CPU-second on this shared 2-core machine): for one short sentence per call, the
+usual request, it does ~165 against ~100 for a numpy BERT forward over the same weights and ~65
+for sentence-transformers + torch (F16 matrices halve the bytes streamed per forward; no per-op
+Python); at 32-256 sentences per call it is within 10-25% of both (215-250 against 240-290).
+Its thread count is per context, where OpenBLAS's is process-wide and collapses when the cores
+are contended. The numpy forward stays in benchmarks/embeddings_numpy.py as the measured rival.
 
 Invariants:
 - ``tokenize(text)`` returns WordPiece ids *without* [CLS]/[SEP]; ``embed`` wraps every input,
@@ -18,6 +19,8 @@ Invariants:
   [CLS] and [SEP] included: 512 for MiniLM. sentence-transformers silently truncates at 256
   (``max_seq_length``); Ferry runs up to 512 and errors above it, as OpenAI errors on too-long input.
 - Output: float32 [n, dim], attention-mask mean pooling then L2 normalisation, in input order.
+  Cosine to sentence-transformers >= 0.9999 (max |diff| ~3e-4, F16 matrices). Not bit-stable
+  across batch compositions: llama.cpp picks kernels by batch shape (~1e-4 per component).
 - Thread-safe: the tokenizer's truncation/padding are turned off once at load and never mutated
   again; the encoder hands each call its own llama.cpp context. Call ``embed`` from worker threads.
 """
