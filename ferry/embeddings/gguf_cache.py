@@ -34,8 +34,14 @@ def default_cache_dir() -> Path:
 
 
 def cached_gguf(model_dir: Path, cache_dir: Path | None = None) -> Path:
-    """Path of the GGUF for ``model_dir``, converting it first if it is not cached yet."""
-    cache_dir = cache_dir or default_cache_dir()
+    """Path of the GGUF for ``model_dir``, converting it first if it is not cached yet. Without
+    ``cache_dir``: ``default_cache_dir()``, or the temp dir if that cannot be created."""
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            cache_dir = Path(tempfile.gettempdir()) / f"ferry-embeddings-{os.getuid()}"
     digest = hashlib.sha256(FORMAT.encode())
     for name in _SOURCES:
         with open(model_dir / name, "rb") as f:
