@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.responses import Response
+
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = [
@@ -124,21 +126,25 @@ async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_inter
     return completed
 
 
-class EventStreamResponse:
+class EventStreamResponse(Response):
     """ASGI response wrapping `stream_events`; ``on_close`` runs however the stream ends."""
+
+    media_type = "text/event-stream"
 
     def __init__(self, body: AsyncIterator[bytes], *, ping_interval: float, send_timeout: float,
                  headers: dict[str, str] | None = None, on_close=None) -> None:
-        self.body = body
+        self.status_code = 200
+        self.background = None
+        self.stream = body
         self.ping_interval = ping_interval
         self.send_timeout = send_timeout
-        self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.extra_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
-            await stream_events(send, receive, self.body, ping_interval=self.ping_interval,
-                                send_timeout=self.send_timeout, headers=self.headers)
+            await stream_events(send, receive, self.stream, ping_interval=self.ping_interval,
+                                send_timeout=self.send_timeout, headers=self.extra_headers)
         finally:
             if self.on_close is not None:
                 self.on_close()

@@ -90,7 +90,7 @@ class StreamOptions(_Req):
 
 class _Sampling(_Req):
     model: str | None = None
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
