@@ -34,15 +34,20 @@ SENTENCES = (
     "The meeting will start at ten in the morning and everyone should bring their notes.",
     "A small server can answer many questions if it keeps its queues short.",
     "The river was calm and the boats moved slowly toward the old harbour.",
+    "Green apples and ripe pears were sold at the market every Saturday.",
+    "She opened the window to let the cool evening air into the kitchen.",
 )
 
 
 def make_speech(target_seconds: float, workdir: Path) -> tuple[bytes, float]:
     """An mp3 of at least ``target_seconds`` of speech, and its duration."""
     text, wav = "", workdir / "speech.wav"
-    duration = 0.0
+    duration, n = 0.0, 0
     while duration < target_seconds:
-        text += " " + SENTENCES[len(text) % len(SENTENCES)]
+        # distinct sentences in turn: a repeated one trips Whisper's compression-ratio check and
+        # re-decodes every window at each fallback temperature (6x the work)
+        text += " " + SENTENCES[n % len(SENTENCES)]
+        n += 1
         subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), text], check=True)
         duration = (wav.stat().st_size - 44) / (22050 * 2)  # espeak: 22.05 kHz mono s16
     mp3 = workdir / "speech.mp3"
