@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -344,7 +345,32 @@ def test_translation_with_english_only_model_is_400(
 
 @pytest.fixture(scope="module")
 def transcriber() -> Transcriber:
-    return Transcriber.bundled(max_concurrency=1)
+    return Transcriber.bundled(max_concurrency=1, max_audio_seconds=20)
+
+
+def test_audio_longer_than_the_limit_is_refused_while_decoding(
+    transcriber: Transcriber, tmp_path: Path
+) -> None:
+    silence = tmp_path / "silence.flac"  # 10 min of silence: a few kB that decode to 38 MB
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono",
+         "-t", "600", str(silence)],
+        check=True,
+    )  # fmt: skip
+    assert silence.stat().st_size < 200_000
+    with pytest.raises(InvalidRequest, match="longer than the limit of 20 seconds"):
+        asyncio.run(transcriber.transcribe(silence.read_bytes()))
+
+
+def test_file_without_audio_track_is_invalid(transcriber: Transcriber, tmp_path: Path) -> None:
+    video = tmp_path / "video.webm"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=black:s=32x32:d=1",
+         "-c:v", "libvpx", str(video)],
+        check=True,
+    )  # fmt: skip
+    with pytest.raises(InvalidRequest, match="no audio track"):
+        asyncio.run(transcriber.transcribe(video.read_bytes()))
 
 
 def test_transcriber_rejects_garbage_with_invalid_request(transcriber: Transcriber) -> None:

