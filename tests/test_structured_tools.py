@@ -13,6 +13,7 @@ from test_structured import SEEDS, SmolModel, smol  # noqa: F401  (session fixtu
 from ferry.errors import InvalidRequest, Unsupported
 from ferry.structured.constraint import compile_json_schema
 from ferry.structured.tools import (
+    MAX_PARALLEL_CALLS,
     ToolStreamParser,
     parse_tool_output,
     prepare_messages,
@@ -197,6 +198,8 @@ def test_output_schema_per_tool_choice() -> None:
     assert ok(named).is_valid({"tool_calls": [call("get_time", {"timezone": "UTC"})]})
     assert not ok(named).is_valid({"tool_calls": [weather]})
     assert not ok(single).is_valid({"tool_calls": [weather, weather]})
+    assert ok(auto).is_valid({"tool_calls": [call("ping", {})] * MAX_PARALLEL_CALLS})
+    assert not ok(auto).is_valid({"tool_calls": [call("ping", {})] * (MAX_PARALLEL_CALLS + 1)})
 
 
 # -- parsing and streaming -------------------------------------------------------------------

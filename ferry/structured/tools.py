@@ -14,7 +14,7 @@ Invariants:
   ``#/$defs/...`` references inside a tool keep working.
 - ``tool_choice``: ``none`` → no constraint (free text); ``auto`` → a text reply or calls;
   ``required`` → at least one call; named → calls to that tool only. ``parallel_tool_calls``
-  false limits the answer to one call.
+  false limits the answer to one call, otherwise at most ``MAX_PARALLEL_CALLS``.
 - Assistant turns with ``tool_calls`` are rendered as exactly the JSON the model is asked to
   produce, so the conversation history shows the model its own format.
 """
@@ -41,6 +41,8 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EMPTY_PARAMS: dict = {"type": "object", "properties": {}, "additionalProperties": False}
 _SEP = (", ", ": ")  # the separators the grammar enforces
+# Cap on calls in one parallel answer: small models otherwise repeat a call until the token cap.
+MAX_PARALLEL_CALLS = 5
 
 
 def _named_choice(tool_choice: Any) -> str | None:
@@ -182,8 +184,7 @@ def tool_output_schema(
         "items": calls[0] if len(calls) == 1 else {"anyOf": calls},
         "minItems": 1,
     }
-    if parallel_tool_calls is False:
-        array["maxItems"] = 1
+    array["maxItems"] = 1 if parallel_tool_calls is False else MAX_PARALLEL_CALLS
     with_calls = {
         "type": "object",
         "properties": {"tool_calls": array},
