@@ -16,6 +16,7 @@ Graceful shutdown: on SIGTERM uvicorn stops accepting, lets in-flight requests f
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -23,8 +24,25 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ferry.settings import Settings
 
 
+# Per-connection kernel send buffer and transport high-water mark: a reader that stops reading
+# fills these quickly, so its sends block and --send-timeout ends the stream; server memory per
+# connection stays bounded. Token streams are low-bandwidth, so this costs fast readers nothing.
+SEND_BUFFER_BYTES = 128 * 1024
+WRITE_HIGH_WATER = 64 * 1024
+
+
 class HalfCloseProtocol(HttpToolsProtocol):
     _peer_eof = False
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        super().connection_made(transport)
 
     def eof_received(self) -> bool | None:
         cycle = self.cycle

@@ -72,8 +72,11 @@ class FerryMiddleware:
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_size:
                 raise PayloadTooLarge(f"Request body is {int(length)} bytes; the limit is "
-                                      f"{self.max_body_size} bytes.")
-            await self.app(scope, self._limited(receive), send_wrapped)
+                                      f"{self.max_body_size} bytes.",
+                                      headers={"Connection": "close"})
+            if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
+                receive = await self._buffer_chunked(receive)
+            await self.app(scope, receive, send_wrapped)
         except FerryError as e:
             if status[0] == 0:
                 await _send_error(send_wrapped, e, rid)
@@ -85,17 +88,28 @@ class FerryMiddleware:
         token = _token(headers) if self.api_keys else None
         return token.decode("latin-1") if token else None
 
-    def _limited(self, receive):
-        seen = 0
-        limit = self.max_body_size
-
-        async def wrapped():
-            nonlocal seen
+    async def _buffer_chunked(self, receive):
+        """Read a chunked body of unknown size, at most max_body_size bytes of it, then replay it."""
+        parts, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            return message
+            if message["type"] != "http.request":
+                return receive
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_size:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {self.max_body_size} "
+                                      "bytes.", headers={"Connection": "close"})
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(parts)
+        sent = False
 
-        return wrapped
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay

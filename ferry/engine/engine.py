@@ -99,7 +99,10 @@ class Engine:
     def submit(self, prompt: list[int], params: SamplingParams, max_tokens: int,
                sink: Callable[[Output], None]) -> Sequence:
         """Queue one sequence; ``sink`` is called on the event loop with each Output."""
-        if self.num_waiting >= self.cfg.max_queue:
+        # queued = sequences that will not get a slot at the next step (read without a lock:
+        # off by one at worst, and only at the boundary)
+        queued = self.num_waiting - len(self.scheduler.free_slots)
+        if queued >= self.cfg.max_queue:
             raise Overloaded("the server is at capacity; retry shortly",
                              headers={"Retry-After": "1"})
         if params.ignore_eos:

@@ -52,6 +52,12 @@ from ferry.structured.vocab import TokenVocab
 # The only whitespace a constrained output contains: one space after ',' and ':'.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _CACHE_SIZE = 128
+# Additive bias per mask byte: _BYTE_BIAS[b, k] is 0.0 if bit k of b is set, else -inf.
+_BYTE_BIAS = np.where(
+    np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") == 1,
+    np.float32(0.0),
+    np.float32(-np.inf),
+).astype(np.float32)
 
 
 class TokenConstraint(Protocol):
@@ -78,8 +84,9 @@ class LlgConstraint:
     def apply(self, logits: np.ndarray) -> None:
         # logits: float32 [n_vocab]; the backend fills the bitmask natively (GIL released)
         self._matcher.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
-        allowed = np.unpackbits(self._mask.view(np.uint8), bitorder="little")[: self._n_vocab]
-        np.putmask(logits, allowed == 0, -np.inf)  # vectorised, no Python loop over the vocab
+        # one gather of 8 floats per mask byte (~20 µs; unpackbits + putmask took ~190 µs)
+        bias = _BYTE_BIAS.take(self._mask.view(np.uint8), axis=0).reshape(-1)[: self._n_vocab]
+        np.add(logits, bias, out=logits)  # bias: [n_vocab], 0 or -inf
 
     def accept(self, token: int) -> None:
         if not self._matcher.consume_token(int(token)):
