@@ -16,6 +16,7 @@ Graceful shutdown: on SIGTERM uvicorn stops accepting, lets in-flight requests f
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 
 import uvicorn
@@ -71,5 +72,8 @@ def serve(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    # uvicorn re-raises the captured SIGTERM after its graceful shutdown, with whatever handler
+    # was installed before it; a no-op handler makes a completed graceful shutdown exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run()
     return 0
