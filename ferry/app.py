@@ -18,12 +18,15 @@ from ferry import __version__
 from ferry.api import errors as api_errors
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.routes import router
+from ferry.api.streams import router as streams_router
 from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry
+from ferry.services.resumable import StreamSessions, encoded
 from ferry.settings import Settings
 from ferry.sse import EventStreamResponse
+from ferry.streams import check_conv_id, make_store
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class AppState:
         self.settings = settings
         self.models = ModelRegistry()
         self.load_error: str | None = None
+        self.sessions = StreamSessions(
+            make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
+                       ttl=settings.stream_ttl), settings.sse_ping_interval)
 
     def engine_config(self) -> EngineConfig:
         s = self.settings
@@ -60,13 +66,28 @@ class AppState:
             log.exception("model load failed")
             self.load_error = str(e)
 
-    def stream_response(self, request: Request, body, gen: Generation) -> EventStreamResponse:
+    async def stream_response(self, request: Request, events, gen: Generation
+                              ) -> EventStreamResponse:
+        """A plain stream (disconnect cancels), or with ``X-Conversation-Id`` a resumable one."""
         s = self.settings
-        return EventStreamResponse(body, ping_interval=s.sse_ping_interval,
-                                   send_timeout=s.send_timeout, on_close=gen.cancel)
+        conv_id = request.headers.get("x-conversation-id")
+        if conv_id is None:
+            return EventStreamResponse(encoded(events), ping_interval=s.sse_ping_interval,
+                                       send_timeout=s.send_timeout, on_close=gen.cancel)
+        owner = request.scope.get("state", {}).get("api_key")
+        try:
+            check_conv_id(conv_id, param="X-Conversation-Id", header=True)
+            await self.sessions.start(conv_id, owner, events, gen)
+            body = await self.sessions.store.replay(conv_id, owner, offset=0)
+        except BaseException:
+            gen.cancel()
+            raise
+        return EventStreamResponse(body, ping_interval=0, send_timeout=s.send_timeout,
+                                   headers={"X-Conversation-Id": conv_id})
 
-    def close(self) -> None:
-        self.models.close()
+    async def close(self) -> None:
+        await self.sessions.close()
+        await asyncio.to_thread(self.models.close)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,13 +101,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             loader.cancel()
-            await asyncio.to_thread(state.close)
+            await state.close()
 
     app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible LLM inference server")
     app.state.ferry = state
     api_errors.install(app)
     app.include_router(router)
+    app.include_router(streams_router)
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(FerryMiddleware, api_keys=settings.api_key,
                        max_body_size=settings.max_body_size)

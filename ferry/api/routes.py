@@ -18,7 +18,6 @@ from ferry.api.schemas import (
 from ferry.errors import InvalidRequest, ServiceUnavailable
 from ferry.services import completions as svc
 from ferry.services.generation import Generation
-from ferry.sse import EventStreamResponse, encode
 
 T = TypeVar("T")
 router = APIRouter()
@@ -48,16 +47,6 @@ async def until_disconnect(request: Request, work: Awaitable[T], gen: Generation
         watcher.cancel()
 
 
-async def _encoded(events: AsyncIterator) -> AsyncIterator[bytes]:
-    from ferry.errors import FerryError
-
-    try:
-        async for ev in events:
-            yield encode(ev)
-    except FerryError as e:  # after the stream started: an error event, then a clean end
-        yield encode(svc.Event(e.to_body()))
-
-
 def _check_n(state, n: int) -> None:
     if n > state.settings.max_n:
         raise InvalidRequest(f"n must be at most {state.settings.max_n}", param="n")
@@ -70,7 +59,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     job = svc.prepare_chat(body, state.models.get_chat(body.model))
     gen = job.start()
     if body.stream:
-        return state.stream_response(request, _encoded(svc.chat_stream(job, gen)), gen)
+        return await state.stream_response(request, svc.chat_stream(job, gen), gen)
     return JSONResponse(await until_disconnect(request, svc.chat_response(job, gen), gen))
 
 
@@ -81,7 +70,7 @@ async def completions(body: CompletionRequest, request: Request):
     job = svc.prepare_completion(body, state.models.get_chat(body.model))
     gen = job.start()
     if body.stream:
-        return state.stream_response(request, _encoded(svc.completion_stream(job, gen)), gen)
+        return await state.stream_response(request, svc.completion_stream(job, gen), gen)
     return JSONResponse(await until_disconnect(request, svc.completion_response(job, gen), gen))
 
 

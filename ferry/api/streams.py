@@ -1,0 +1,70 @@
+"""Routes of resumable streams: replay/follow, lookup, delete (path and llama.cpp query forms)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from ferry.streams import check_conv_id
+from ferry.sse import EventStreamResponse
+
+router = APIRouter()
+
+
+class LookupRequest(BaseModel):
+    conversation_ids: list[str] = Field(max_length=1000)
+
+
+def _owner(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("api_key")
+
+
+async def _replay(request: Request, conv_id: str, offset: int | None, last_event_id: str | None):
+    state = request.app.state.ferry
+    body = await state.sessions.store.replay(
+        conv_id, _owner(request), offset=offset or 0,
+        last_event_id=last_event_id if offset is None else None)
+    s = state.settings
+    return EventStreamResponse(body, ping_interval=0, send_timeout=s.send_timeout,
+                               headers={"X-Conversation-Id": conv_id})
+
+
+@router.get("/v1/stream/{conv_id}")
+async def replay_stream(request: Request, conv_id: str,
+                        from_: int | None = Query(None, alias="from", ge=0),
+                        last_event_id: str | None = Header(None)):
+    check_conv_id(conv_id, param="conv_id")
+    return await _replay(request, conv_id, from_, last_event_id)
+
+
+@router.get("/v1/stream")
+async def replay_stream_query(request: Request, conv_id: str,
+                              from_: int | None = Query(None, alias="from", ge=0),
+                              last_event_id: str | None = Header(None)):
+    check_conv_id(conv_id, param="conv_id")
+    return await _replay(request, conv_id, from_, last_event_id)
+
+
+@router.delete("/v1/stream/{conv_id}", status_code=204)
+async def delete_stream(request: Request, conv_id: str):
+    check_conv_id(conv_id, param="conv_id")
+    await request.app.state.ferry.sessions.store.delete(conv_id, _owner(request))
+    return Response(status_code=204)
+
+
+@router.delete("/v1/stream", status_code=204)
+async def delete_stream_query(request: Request, conv_id: str):
+    check_conv_id(conv_id, param="conv_id")
+    await request.app.state.ferry.sessions.store.delete(conv_id, _owner(request))
+    return Response(status_code=204)
+
+
+@router.post("/v1/streams/lookup")
+async def lookup_streams(body: LookupRequest, request: Request):
+    ids = [check_conv_id(c, param="conversation_ids") for c in body.conversation_ids]
+    infos = await request.app.state.ferry.sessions.store.lookup(ids, _owner(request))
+    return {"object": "list", "data": [
+        {"conversation_id": i.conversation_id, "is_done": i.is_done,
+         "total_bytes": i.total_bytes, "started_at": i.started_at,
+         "completed_at": i.completed_at} for i in infos]}
