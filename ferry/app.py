@@ -17,8 +17,10 @@ from starlette.middleware.gzip import GZipMiddleware
 from ferry import __version__
 from ferry.api import errors as api_errors
 from ferry.api.middleware import FerryMiddleware
+from ferry.api.audio import make_router as make_audio_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
+from ferry.audio.registry import TranscriberRegistry
 from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.services.generation import Generation
@@ -38,6 +40,7 @@ class AppState:
         self.settings = settings
         self.models = ModelRegistry()
         self.load_error: str | None = None
+        self.transcribers = TranscriberRegistry.bundled(max_concurrency=settings.audio_concurrency)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -109,9 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(router)
     app.include_router(streams_router)
+    app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(FerryMiddleware, api_keys=settings.api_key,
-                       max_body_size=settings.max_body_size)
+                       max_body_size=settings.max_body_size,
+                       large_body_paths={"/v1/audio/": settings.max_audio_bytes + 64 * 1024})
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                        allow_headers=["*"], expose_headers=["X-Request-Id"])
     return app

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
                                      "resumable stream (oldest bytes dropped first)")
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest audio upload "
+                                 "for /v1/audio/*; beyond: 413")
+    audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
     no_ui: bool = Field(False, description="do not serve the chat page at /")
     log_level: str = Field("info", description="logging level")
 

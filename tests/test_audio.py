@@ -1,7 +1,6 @@
 """Audio transcription end to end: espeak-ng speech → real uvicorn server → real Whisper tiny.en.
 
-The server runs whatever ASGI app the ``audio_app`` fixture returns; swap that one fixture for the
-full Ferry app (with ``max_audio_bytes=MAX_AUDIO_BYTES``) to run the same tests through it.
+The server is the whole Ferry app (``python -m ferry serve``), started by the ``base_url`` fixture.
 """
 
 from __future__ import annotations
@@ -9,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +16,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from ferry.api.audio import make_router
 from ferry.audio.registry import TranscriberRegistry
 from ferry.audio.transcriber import Transcriber
-from ferry.errors import FerryError, InvalidRequest
+from ferry.errors import InvalidRequest
 
 SPOKEN = (
     "Please send the weather report to the office before noon on Friday. "
@@ -76,34 +68,13 @@ def registry() -> TranscriberRegistry:
 
 
 @pytest.fixture(scope="session")
-def audio_app(registry: TranscriberRegistry) -> FastAPI:
-    app = FastAPI()
-    app.include_router(make_router(registry, max_audio_bytes=MAX_AUDIO_BYTES))
+def base_url() -> Iterator[str]:
+    """The whole Ferry server (middleware, error handler, routes), as users run it."""
+    from conftest import FerryServer
 
-    @app.exception_handler(FerryError)
-    async def ferry_error(_: Request, exc: FerryError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
-
-    return app
-
-
-@pytest.fixture(scope="session")
-def base_url(audio_app: FastAPI) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(audio_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    server = FerryServer("--max-audio-bytes", str(MAX_AUDIO_BYTES))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

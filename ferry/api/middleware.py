@@ -35,10 +35,13 @@ async def _send_error(send, exc: FerryError, request_id: str) -> None:
 
 
 class FerryMiddleware:
-    def __init__(self, app, *, api_keys: list[str], max_body_size: int) -> None:
+    def __init__(self, app, *, api_keys: list[str], max_body_size: int,
+                 large_body_paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         self.max_body_size = max_body_size
+        # routes that take uploads (audio) own their own, larger, limit
+        self.large_body_paths = large_body_paths or {}
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         token = _token(headers)
@@ -69,6 +72,8 @@ class FerryMiddleware:
                 raise AuthenticationError("Incorrect API key provided. Send it as "
                                           "'Authorization: Bearer KEY' or 'X-Api-Key: KEY'.")
             scope["state"]["api_key"] = self._key_of(headers)
+            if any(path.startswith(p) for p in self.large_body_paths):
+                return await self.app(scope, receive, send_wrapped)
             length = headers.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_size:
                 raise PayloadTooLarge(f"Request body is {int(length)} bytes; the limit is "
