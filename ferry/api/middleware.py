@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from ferry.errors import AuthenticationError, FerryError, PayloadTooLarge
 
@@ -36,8 +37,10 @@ async def _send_error(send, exc: FerryError, request_id: str) -> None:
 
 class FerryMiddleware:
     def __init__(self, app, *, api_keys: list[str], max_body_size: int,
-                 large_body_paths: dict[str, int] | None = None) -> None:
+                 large_body_paths: dict[str, int] | None = None,
+                 on_response: Callable[[dict, int, float], None] | None = None) -> None:
         self.app = app
+        self.on_response = on_response  # (scope, status, seconds), e.g. Metrics.on_response
         self.api_keys = [k.encode() for k in api_keys]
         self.max_body_size = max_body_size
         # routes that take uploads (audio) own their own, larger, limit
@@ -86,8 +89,10 @@ class FerryMiddleware:
             if status[0] == 0:
                 await _send_error(send_wrapped, e, rid)
         finally:
-            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0],
-                     (time.perf_counter() - t0) * 1000)
+            elapsed = time.perf_counter() - t0
+            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0], elapsed * 1000)
+            if self.on_response is not None:
+                self.on_response(scope, status[0], elapsed)
 
     def _key_of(self, headers: dict[bytes, bytes]) -> str | None:
         token = _token(headers) if self.api_keys else None

@@ -15,7 +15,7 @@ from ferry.api.schemas import (
     DetokenizeRequest,
     TokenizeRequest,
 )
-from ferry.errors import InvalidRequest, ServiceUnavailable
+from ferry.errors import InvalidRequest
 from ferry.services import completions as svc
 from ferry.services.generation import Generation
 
@@ -74,20 +74,6 @@ async def completions(body: CompletionRequest, request: Request):
     return JSONResponse(await until_disconnect(request, svc.completion_response(job, gen), gen))
 
 
-def _model_obj(m) -> dict:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": "ferry"}
-
-
-@router.get("/v1/models")
-async def list_models(request: Request):
-    return {"object": "list", "data": [_model_obj(m) for m in _state(request).models.chat.values()]}
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request):
-    return _model_obj(_state(request).models.get_chat(model_id))
-
-
 @router.post("/tokenize")
 @router.post("/v1/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
@@ -103,11 +89,3 @@ async def detokenize(body: DetokenizeRequest, request: Request):
     m = _state(request).models.get_chat(body.model)
     return {"content": m.model.detokenize(body.tokens)}
 
-
-@router.get("/health")
-async def health(request: Request):
-    state = _state(request)
-    if not state.models.ready:
-        raise ServiceUnavailable("loading model")
-    return {"status": "ok",
-            "models": {m.id: m.engine.status() for m in state.models.chat.values()}}

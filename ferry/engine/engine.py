@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
@@ -73,6 +74,9 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._eog_bias = {t: float("-inf") for t in model.eog_ids}
+        # ferry.metrics.EngineObserver (latency histograms), set by the model registry; None = off
+        self.observer: Any = None
+        self._last_token: dict[int, float] = {}  # seq id -> time of its last token (for ITL)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,10 +163,14 @@ class Engine:
         if seq.params.constraint is not None:
             seq.constraint = seq.params.constraint()
         self.tokens_prompt += len(seq.prompt) - seq.num_cached
+        if self.observer is not None:
+            self.observer.queue.observe(time.monotonic() - seq.arrival)
 
     def _postprocess(self, plan: StepPlan, rows: dict[int, int],
                      out: list[tuple[Callable[[Output], None], Output]]) -> None:
         model = self.model
+        obs = self.observer
+        now = time.monotonic()  # one clock read per step: TTFT/ITL resolution is one step
         for w in plan.work:
             seq = w.seq
             seq.num_computed += len(w.tokens)
@@ -180,7 +188,13 @@ class Engine:
             if seq.params.logprobs and tok not in model.eog_ids:
                 lp = [sampling.token_logprob(logits, tok, seq.params.top_logprobs, model.pieces)]
             if seq.first_token_time is None:
-                seq.first_token_time = time.monotonic()
+                seq.first_token_time = now
+                if obs is not None:
+                    obs.ttft.observe(now - seq.arrival)
+            elif obs is not None:
+                obs.itl.observe(now - self._last_token.get(seq.id, now))
+            if obs is not None:
+                self._last_token[seq.id] = now
             self.tokens_generated += 1
             finish = None
             if tok in model.eog_ids:
@@ -195,6 +209,8 @@ class Engine:
                     text += seq.detok.flush()
                     finish = "length"
             if finish is not None:
+                if obs is not None:
+                    obs.e2e.observe(now - seq.arrival)
                 self.scheduler.finish(seq, finish)
                 self._release(seq)
                 out.append((seq.sink, self._final(seq, text, finish, lp, [tok])))
@@ -208,6 +224,7 @@ class Engine:
 
     def _release(self, seq: Sequence) -> None:
         sampling.free_sampler(seq.sampler)
+        self._last_token.pop(seq.id, None)
         seq.sampler = None
         seq.constraint = None
 
