@@ -48,21 +48,21 @@ class Timed:
         return self.inner.is_complete()
 
 
-def tokens_per_s(m: SmolModel, prompt: list[int], runs: int, max_tokens: int, **kw) -> float:
-    n, dt = 0, 0.0
-    for seed in range(runs):
-        t = time.perf_counter()
-        factory = kw.get("factory")
-        g = m.generate(
-            prompt,
-            factory() if factory else None,
-            seed=seed,
-            max_tokens=max_tokens,
-            gbnf=kw.get("gbnf"),
-        )
-        dt += time.perf_counter() - t
-        n += g.n_tokens
-    return n / dt
+def decode_ms_per_token(m: SmolModel, prompt: list[int], seed: int, max_tokens: int,
+                        **kw) -> tuple[float, int]:  # fmt: skip
+    """Wall time per generated token, excluding the prompt's decode (timed separately)."""
+    t = time.perf_counter()
+    m.generate(prompt, None, seed=seed, max_tokens=0)
+    prompt_s = time.perf_counter() - t
+    factory = kw.get("factory")
+    t = time.perf_counter()
+    g = m.generate(prompt, factory() if factory else None, seed=seed, max_tokens=max_tokens,
+                   gbnf=kw.get("gbnf"))  # fmt: skip
+    return max(time.perf_counter() - t - prompt_s, 0.0), g.n_tokens
+
+
+def tokens_per_s(samples: list[tuple[float, int]]) -> float:
+    return sum(n for _, n in samples) / sum(s for s, _ in samples)
 
 
 def main() -> None:
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     args = ap.parse_args()
     m = SmolModel(gguf_path())
+    m.generate(ask_json(m, "warm up"), None, seed=0, max_tokens=16)  # first decode allocates
     print("| schema | compile ms (first / cached) | apply µs p50 / p99 | accept µs p50 | "
           "apply+accept µs mean | free tok/s | llguidance tok/s (ratio) | "
           "llama.cpp grammar tok/s (ratio) |")
@@ -89,11 +90,15 @@ def main() -> None:
         for seed in range(args.runs):
             m.generate(prompt, Timed(factory(), apply_s, accept_s), seed=seed,
                        max_tokens=args.max_tokens)  # fmt: skip
-        free = tokens_per_s(m, prompt, args.runs, args.max_tokens)
-        llg = tokens_per_s(m, prompt, args.runs, args.max_tokens, factory=factory)
-        gbnf = tokens_per_s(
-            m, prompt, args.runs, args.max_tokens, gbnf=json_schema_to_gbnf(json.dumps(schema))
-        )
+        grammar = json_schema_to_gbnf(json.dumps(schema))
+        runs: dict[str, list[tuple[float, int]]] = {"free": [], "llg": [], "gbnf": []}
+        for seed in range(args.runs):  # interleaved so machine load hits all three alike
+            runs["free"].append(decode_ms_per_token(m, prompt, seed, args.max_tokens))
+            runs["llg"].append(decode_ms_per_token(m, prompt, seed, args.max_tokens,
+                                                   factory=factory))  # fmt: skip
+            runs["gbnf"].append(decode_ms_per_token(m, prompt, seed, args.max_tokens,
+                                                    gbnf=grammar))  # fmt: skip
+        free, llg, gbnf = (tokens_per_s(runs[k]) for k in ("free", "llg", "gbnf"))
         us = [x * 1e6 for x in apply_s]
         q = statistics.quantiles(us, n=100)
         acc = statistics.median(x * 1e6 for x in accept_s)
