@@ -21,9 +21,9 @@ import numpy as np
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from test_structured import SCHEMAS, SmolModel, ask_json, gguf_path  # noqa: E402
+from test_structured import SCHEMAS, SmolModel, ask_json, gguf_path
 
-from ferry.structured.constraint import TokenConstraint, compile_json_schema  # noqa: E402
+from ferry.structured.constraint import TokenConstraint, compile_json_schema
 
 BENCH_SCHEMAS = ("person_required_and_optional", "ref_and_defs", "enum_values")
 
@@ -72,9 +72,11 @@ def main() -> None:
     args = ap.parse_args()
     m = SmolModel(gguf_path())
     m.generate(ask_json(m, "warm up"), None, seed=0, max_tokens=16)  # first decode allocates
-    print("| schema | compile ms (first / cached) | apply µs p50 / p99 | accept µs p50 | "
-          "apply+accept µs mean | free tok/s | llguidance tok/s (ratio) | "
-          "llama.cpp grammar tok/s (ratio) |")
+    print(
+        "| schema | compile ms (first / cached) | apply µs p50 / p99 | accept µs p50 | "
+        "apply+accept µs mean | free tok/s | llguidance tok/s (ratio) | "
+        "llama.cpp grammar tok/s (ratio) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in BENCH_SCHEMAS:
         schema, instruction = SCHEMAS[name]

@@ -116,7 +116,9 @@ class SmolModel:
         self, prompt: list[int], constraint: TokenConstraint | None, chain: object, max_tokens: int
     ) -> Generation:
         toks = (llama_cpp.llama_token * len(prompt))(*prompt)
-        assert llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(toks, len(prompt))) == 0
+        assert (
+            llama_cpp.llama_decode(self.ctx, llama_cpp.llama_batch_get_one(toks, len(prompt))) == 0
+        )
         out: list[int] = []
         one = (llama_cpp.llama_token * 1)()
         complete = False
@@ -142,8 +144,8 @@ class SmolModel:
         return Generation(text=text, complete=complete, n_tokens=len(out))
 
 
-@pytest.fixture(scope="session")
-def smol() -> Iterator[SmolModel]:
+@pytest.fixture(scope="session", name="smol")
+def smol_model() -> Iterator[SmolModel]:
     m = SmolModel(gguf_path())
     yield m
     m.close()
@@ -338,7 +340,9 @@ def test_seeded_generations_validate_against_schema(smol: SmolModel, name: str) 
     complete = [r for r in results if r.complete]
     for r in complete:
         jsonschema.validate(json.loads(r.text), schema)
-    print(f"{name}: {len(complete)}/{len(results)} complete; e.g. {complete[0].text if complete else ''}")
+    print(
+        f"{name}: {len(complete)}/{len(results)} complete; e.g. {complete[0].text if complete else ''}"
+    )
     assert len(complete) >= 4, [r.text for r in results]
 
 

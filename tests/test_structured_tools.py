@@ -8,7 +8,11 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_structured import SEEDS, SmolModel, smol  # noqa: F401  (session fixture)
+from test_structured import (
+    SEEDS,
+    SmolModel,
+    smol_model,  # noqa: F401  (the session fixture "smol")
+)
 
 from ferry.errors import InvalidRequest, Unsupported
 from ferry.structured.constraint import compile_json_schema
@@ -112,7 +116,13 @@ def test_parallel_tool_calls_must_be_boolean() -> None:
 
 
 def test_valid_tool_requests_pass() -> None:
-    for choice in (None, "none", "auto", "required", {"type": "function", "function": {"name": "ping"}}):
+    for choice in (
+        None,
+        "none",
+        "auto",
+        "required",
+        {"type": "function", "function": {"name": "ping"}},
+    ):
         validate_tools(TOOLS, choice, True)
     validate_tools(None, None, None)
 
@@ -143,7 +153,10 @@ def test_history_with_calls_and_results_renders_as_plain_messages() -> None:
                 {
                     "id": "call_1",
                     "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city":"Paris","unit":"celsius"}'},
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"city":"Paris","unit":"celsius"}',
+                    },
                 },
                 {
                     "id": "call_2",

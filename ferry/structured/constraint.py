@@ -77,7 +77,7 @@ ConstraintFactory = Callable[[], TokenConstraint]
 class LlgConstraint:
     """One sequence's position in a compiled grammar; not shared between sequences."""
 
-    __slots__ = ("_matcher", "_mask", "_n_vocab")
+    __slots__ = ("_mask", "_matcher", "_n_vocab")
 
     def __init__(self, matcher: llguidance.LLMatcher, n_vocab: int) -> None:
         self._matcher = matcher

@@ -205,9 +205,7 @@ class ToolStreamParser:
             if c != expect:
                 return self._fail()
             self._pos += 1
-            self._state = {"content_open": "content_str", "calls_open": "calls_next"}.get(
-                s, "done"
-            )
+            self._state = {"content_open": "content_str", "calls_open": "calls_next"}.get(s, "done")
             return True
         if s == "calls_next":
             if c in ",":

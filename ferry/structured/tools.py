@@ -64,9 +64,7 @@ def validate_tools(tools: Any, tool_choice: Any, parallel_tool_calls: Any) -> No
         return
     if tool_choice in ("auto", "required"):
         if not names:
-            raise InvalidRequest(
-                f"tool_choice '{tool_choice}' requires tools", param="tool_choice"
-            )
+            raise InvalidRequest(f"tool_choice '{tool_choice}' requires tools", param="tool_choice")
         return
     if isinstance(tool_choice, str):
         raise InvalidRequest(
