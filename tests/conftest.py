@@ -23,6 +23,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A real redis-server on a loopback port, answering PING when this returns."""
+    import shutil
+
+    import redis
+
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(exe):
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
+    proc = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            client.close()
+            return proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+
+
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc = start_redis(port := free_port(), str(tmp_path_factory.mktemp("redis")))
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_redis(proc)
+
+
 class FerryServer:
     """A real `python -m ferry serve` process."""
 
@@ -31,7 +68,7 @@ class FerryServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["--port", str(self.port), "--threads", "2", *args]
         self.log_path = Path(os.environ.get("FERRY_TEST_LOGS", "/tmp")) / f"ferry-{self.port}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([sys.executable, "-m", "ferry", "serve", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      env={"OMP_WAIT_POLICY": "passive", **os.environ, **(env or {})},

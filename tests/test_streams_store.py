@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import redis
+from conftest import free_port, start_redis, stop_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,44 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 MakeStore = Callable[..., StreamStore]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
-    """A real redis-server on a loopback port, answering PING when this returns."""
-    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(exe):
-        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-    proc = subprocess.Popen([*args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            client.close()
-            return proc
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-
-def _stop_redis(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    proc = _start_redis(port, str(tmp_path_factory.mktemp("redis")))
-    yield f"redis://127.0.0.1:{port}/0"
-    _stop_redis(proc)
+_free_port = free_port
+_start_redis = start_redis
+_stop_redis = stop_redis
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])

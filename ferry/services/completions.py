@@ -21,6 +21,9 @@ from ferry.errors import ContextTooLong, InvalidRequest
 from ferry.services.generation import Generation
 from ferry.services.models import ChatModel
 from ferry.sse import DONE, Event
+from ferry.structured import tools
+from ferry.structured.constraint import compile_json_schema, constraint_for_response_format
+from ferry.structured.vocab import TokenVocab
 
 FINGERPRINT = f"fp_ferry_{__version__.replace('.', '')}"
 
@@ -69,17 +72,26 @@ def _chat_logprobs(lps: list[TokenLogprob] | None) -> dict | None:
 
 @dataclass
 class ChatJob:
-    """A validated chat request ready to run."""
+    """A validated chat request ready to run. ``tools``: the answer is the tool-call JSON shape
+    (ferry.structured.tools) and is returned as ``message.tool_calls``."""
 
     req: ChatCompletionRequest
     model: ChatModel
     prompt: list[int]
     params: SamplingParams
     max_tokens: int
+    tools: bool = False
 
     def start(self) -> Generation:
         return Generation(self.model.engine, [self.prompt], self.params, self.req.n,
                           [self.max_tokens])
+
+
+def _token_vocab(model) -> TokenVocab:
+    vocab = getattr(model, "_token_vocab", None)
+    if vocab is None:
+        vocab = model._token_vocab = TokenVocab.from_gguf_vocab(model.vocab)
+    return vocab
 
 
 def prepare_chat(req: ChatCompletionRequest, cm: ChatModel) -> ChatJob:
@@ -91,15 +103,50 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel) -> ChatJob:
         if m.has_audio():
             raise InvalidRequest(f"model {cm.id!r} cannot hear audio input",
                                  param=f"messages.{i}.content")
-        messages.append({"role": "system" if m.role == "developer" else m.role,
-                         "content": m.text()})
+        msg = {"role": m.role, "content": m.text()}
+        if m.tool_calls:
+            msg["tool_calls"] = [tc.model_dump() for tc in m.tool_calls]
+        if m.tool_call_id:
+            msg["tool_call_id"] = m.tool_call_id
+        if m.name:
+            msg["name"] = m.name
+        messages.append(msg)
+    constraint = None
+    use_tools = bool(req.tools) and req.tool_choice != "none"
+    if req.tools is not None or req.tool_choice is not None:
+        tools.validate_tools(req.tools, req.tool_choice, req.parallel_tool_calls)
+    messages = tools.prepare_messages(messages, req.tools if use_tools else None,
+                                      req.tool_choice, req.parallel_tool_calls)
+    if use_tools:
+        if req.response_format and req.response_format.get("type") != "text":
+            raise InvalidRequest("response_format cannot be combined with tools",
+                                 param="response_format")
+        schema = tools.tool_output_schema(req.tools, req.tool_choice, req.parallel_tool_calls)
+        if schema is not None:
+            constraint = compile_json_schema(schema, _token_vocab(cm.model), param="tools")
+    elif req.response_format is not None:
+        constraint = constraint_for_response_format(req.response_format, _token_vocab(cm.model))
     text = cm.require_template().render(messages, add_generation_prompt=True)
     prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
     max_tokens = req.max_completion_tokens or req.max_tokens
     mt = budget(len(prompt), max_tokens, cm.engine.n_ctx_seq)
     params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs,
                              top_logprobs=req.top_logprobs or 0, max_tokens=max_tokens)
-    return ChatJob(req, cm, prompt, params, mt)
+    params.constraint = constraint
+    return ChatJob(req, cm, prompt, params, mt, tools=use_tools and constraint is not None)
+
+
+def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | None]:
+    """The assistant message (with tool_calls in tool mode) and the final finish_reason."""
+    if not job.tools:
+        return {"role": "assistant", "content": text, "refusal": None}, finish
+    content, calls = tools.parse_tool_output(text)
+    msg: dict = {"role": "assistant", "content": content, "refusal": None}
+    if calls:
+        msg["tool_calls"] = [c.to_dict() for c in calls]
+        if finish == "stop":
+            finish = "tool_calls"
+    return msg, finish
 
 
 async def chat_response(job: ChatJob, gen: Generation) -> dict:
@@ -113,12 +160,12 @@ async def chat_response(job: ChatJob, gen: Generation) -> dict:
             lps[idx].extend(out.logprobs)
         if out.finish_reason:
             finish[idx] = out.finish_reason
-    choices = [{
-        "index": i,
-        "message": {"role": "assistant", "content": "".join(texts[i]), "refusal": None},
-        "logprobs": _chat_logprobs(lps[i]) if job.req.logprobs else None,
-        "finish_reason": finish[i],
-    } for i in range(n)]
+    choices = []
+    for i in range(n):
+        msg, reason = _message(job, "".join(texts[i]), finish[i])
+        choices.append({"index": i, "message": msg,
+                        "logprobs": _chat_logprobs(lps[i]) if job.req.logprobs else None,
+                        "finish_reason": reason})
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": job.model.id,
             "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
@@ -135,17 +182,28 @@ async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | ob
             body["usage"] = usage
         return Event(body)
 
+    parsers = [tools.ToolStreamParser() if job.tools else None for _ in range(job.req.n)]
     for i in range(job.req.n):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                       "logprobs": None, "finish_reason": None}])
     async for idx, out in gen.outputs():
-        if out.text or out.logprobs:
-            yield chunk([{"index": idx, "delta": {"content": out.text},
-                          "logprobs": _chat_logprobs(out.logprobs),
-                          "finish_reason": None}])
+        parser = parsers[idx]
+        if parser is None:
+            if out.text or out.logprobs:
+                yield chunk([{"index": idx, "delta": {"content": out.text},
+                              "logprobs": _chat_logprobs(out.logprobs), "finish_reason": None}])
+        else:
+            deltas = parser.feed(out.text) if out.text else []
+            if out.finish_reason:
+                deltas += parser.finish()
+            for d in deltas:
+                yield chunk([{"index": idx, "delta": d, "logprobs": None,
+                              "finish_reason": None}])
         if out.finish_reason:
-            yield chunk([{"index": idx, "delta": {}, "logprobs": None,
-                          "finish_reason": out.finish_reason}])
+            reason = out.finish_reason
+            if parser is not None and parser.calls and reason == "stop":
+                reason = "tool_calls"
+            yield chunk([{"index": idx, "delta": {}, "logprobs": None, "finish_reason": reason}])
     if include_usage:
         yield chunk([], gen.usage())
     yield DONE
