@@ -102,7 +102,7 @@ class Metrics:
     def on_response(self, scope: dict, status: int, seconds: float) -> None:
         """FerryMiddleware's per-request callback."""
         route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "other"
+        endpoint = getattr(route, "path_format", None) or "other"  # /v1/models/{model_id}
         model = scope.get("state", {}).get("model") or ""
         self.requests.labels(endpoint=endpoint, model=model, status=str(status)).inc()
         self.request_seconds.labels(endpoint=endpoint).observe(seconds)
