@@ -251,7 +251,10 @@ class Engine:
     def status(self) -> dict:
         return {"running": self.num_running, "waiting": self.num_waiting,
                 "kv_cells_used": self.kv_cells_used(), "n_ctx_seq": self.n_ctx_seq,
-                "slots": self.cfg.n_slots}
+                "slots": self.cfg.n_slots, "prefix_hits": self.scheduler.stats.prefix_hits,
+                # mean Python time per step (µs) by number of sequences in the step
+                "step_python_us": {n: round(v[0] / v[1] * 1e6, 1)
+                                   for n, v in sorted(self.times.by_batch.items()) if v[1]}}
 
 
 def _dispatch(out: list[tuple[Callable[[Output], None], Output]]) -> None:
