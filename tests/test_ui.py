@@ -19,18 +19,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
-
 from conftest import ROOT, FerryServer, free_port
+from httpx_sse import connect_sse
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / "artifacts"
 LONG = '{"ignore_eos": true}'  # with max tokens 300: ~10 s of streaming on the shared CI box
 
@@ -61,11 +69,14 @@ class UiServer(FerryServer):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("FERRY_TEST_LOGS", "/tmp")) / f"ferry-{self.port}.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WRAPPER, "--port", str(self.port), "--threads", "2", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={"OMP_WAIT_POLICY": "passive", **os.environ})
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={"OMP_WAIT_POLICY": "passive", **os.environ},
+        )
         self.wait_ready()
 
 
@@ -125,12 +136,15 @@ def wait_for_text(page, stream_id: str, min_chars: int) -> None:
         """([id, n]) => {
             const m = document.querySelector(`.message[data-stream="${id}"] .content`);
             return m && m.textContent.length >= n;
-        }""", arg=[stream_id, min_chars])
+        }""",
+        arg=[stream_id, min_chars],
+    )
 
 
 def wait_done(page, stream_id: str, timeout: float = 90_000) -> None:
-    page.wait_for_selector(f'.message[data-stream="{stream_id}"][data-state="done"]',
-                           timeout=timeout)
+    page.wait_for_selector(
+        f'.message[data-stream="{stream_id}"][data-state="done"]', timeout=timeout
+    )
 
 
 def stored_message(page, stream_id: str) -> dict:
@@ -139,7 +153,9 @@ def stored_message(page, stream_id: str) -> dict:
         """(id) => {
             const conv = JSON.parse(localStorage.getItem("ferry.conv." + id.split(".")[0]));
             return conv.messages.find((m) => m.stream && m.stream.id === id);
-        }""", stream_id)
+        }""",
+        stream_id,
+    )
 
 
 def rendered(page, markdown: str) -> str:
@@ -150,7 +166,9 @@ def rendered(page, markdown: str) -> str:
             const div = document.createElement("div");
             div.append(renderMarkdown(text));
             return div.textContent;
-        }""", markdown)
+        }""",
+        markdown,
+    )
 
 
 def server_text(url: str, stream_id: str, headers: dict[str, str] | None = None) -> str:
@@ -161,7 +179,7 @@ def server_text(url: str, stream_id: str, headers: dict[str, str] | None = None)
         parts, done = [], False
         with connect_sse(c, "GET", f"/v1/stream/{stream_id}", params={"from": 0}) as source:
             for ev in source.iter_sse():
-                assert raw[int(ev.id):].startswith(f"id: {ev.id}\n".encode())
+                assert raw[int(ev.id) :].startswith(f"id: {ev.id}\n".encode())
                 if ev.data == "[DONE]":
                     done = True
                     break
@@ -172,8 +190,12 @@ def server_text(url: str, stream_id: str, headers: dict[str, str] | None = None)
 
 
 def lookup(url: str, stream_id: str, headers: dict[str, str] | None = None) -> list[dict]:
-    r = httpx.post(url + "/v1/streams/lookup", json={"conversation_ids": [stream_id]},
-                   headers=headers, timeout=10)
+    r = httpx.post(
+        url + "/v1/streams/lookup",
+        json={"conversation_ids": [stream_id]},
+        headers=headers,
+        timeout=10,
+    )
     r.raise_for_status()
     return r.json()["data"]
 
@@ -254,7 +276,10 @@ def test_second_conversation_streams_while_the_first_finishes(page, ui_server):
     wait_done(page, second)
     page.wait_for_function(
         """(id) => JSON.parse(localStorage.getItem("ferry.conv." + id.split(".")[0]))
-                      .messages.at(-1).stream.state === "done" """, arg=first, timeout=90_000)
+                      .messages.at(-1).stream.state === "done" """,
+        arg=first,
+        timeout=90_000,
+    )
     assert len(stored_message(page, first)["content"]) > grown
     first_item.locator(".open").click()
     wait_done(page, first)
@@ -282,7 +307,8 @@ def test_markdown_renderer_shows_html_as_text(page):
                 code: div.querySelector("pre code").textContent,
                 pwned: window.pwned ?? null,
             };
-        }""")
+        }"""
+    )
     assert nodes["scripts"] == 0 and nodes["pwned"] is None and nodes["links"] == 0
     assert "<script>window.pwned = 1</script>" in nodes["text"]
     assert "&lt;script&gt;" in nodes["html"]
@@ -327,8 +353,9 @@ def test_conversations_are_kept_renamed_and_deleted(page):
     items.nth(0).locator(".rename").click()
     sync_api.expect(page.locator("#title")).to_have_text("Renamed chat")
     page.reload()
-    sync_api.expect(page.locator(f'#conversations li[data-id="{first_id}"] .open')
-                    ).to_have_text("Renamed chat")
+    sync_api.expect(page.locator(f'#conversations li[data-id="{first_id}"] .open')).to_have_text(
+        "Renamed chat"
+    )
     page.once("dialog", lambda d: d.accept())
     page.locator(f'#conversations li[data-id="{first_id}"] .delete').click()
     sync_api.expect(items).to_have_count(2)
@@ -342,7 +369,9 @@ def test_api_key_server_asks_for_the_key_then_works(browser):
         page = context.new_page()
         page.set_default_timeout(30_000)
         auth: list[str | None] = []
-        page.on("request", lambda r: "/v1/" in r.url and auth.append(r.headers.get("authorization")))
+        page.on(
+            "request", lambda r: "/v1/" in r.url and auth.append(r.headers.get("authorization"))
+        )
         page.goto(server.url + "/")
         sync_api.expect(page.locator("#key-dialog")).to_be_visible()
         page.fill("#key-input", "wrong")
@@ -366,3 +395,34 @@ def test_api_key_server_asks_for_the_key_then_works(browser):
     finally:
         context.close()
         server.stop()
+
+
+def test_sse_parser_counts_bytes_across_split_chunks(page):
+    """Split a stream at every byte (inside events and inside multi-byte characters): the parser
+    yields the same events, each starting at its id, and its byte count is always exact."""
+    result = page.evaluate(
+        """async () => {
+            const { SseParser } = await import("/ui/sse.js");
+            const body = new TextEncoder().encode(
+                'id: 0\\ndata: {"t":"héllo ✓"}\\n\\n: ping\\n\\nid: 40\\ndata: a\\ndata: b\\n\\n' +
+                'id: 64\\r\\ndata: [DONE]\\r\\n\\r\\n');
+            const whole = new SseParser().feed(body);
+            const bad = [];
+            for (let cut = 1; cut < body.length; cut++) {
+                const p = new SseParser();
+                const evs = [...p.feed(body.subarray(0, cut))];
+                // a reload here: a new parser from the saved (consumed, pending)
+                const q = new SseParser(p.consumed, p.pending);
+                evs.push(...q.feed(body.subarray(cut)));
+                if (p.consumed !== cut || q.consumed !== body.length
+                    || JSON.stringify(evs) !== JSON.stringify(whole)) bad.push(cut);
+            }
+            return { whole, bad };
+        }"""
+    )
+    assert result["bad"] == []
+    assert [(e["id"], e["start"], e["data"]) for e in result["whole"]] == [
+        ("0", 0, '{"t":"héllo ✓"}'),
+        ("40", 40, "a\nb"),
+        ("64", 64, "[DONE]"),
+    ]

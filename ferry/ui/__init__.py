@@ -26,8 +26,9 @@ def mount_ui(app: FastAPI) -> None:
     async def index() -> FileResponse:
         # no-cache: a new Ferry version's page is picked up on the next load (assets revalidate
         # by ETag through StaticFiles).
-        return FileResponse(INDEX, media_type="text/html; charset=utf-8",
-                            headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            INDEX, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
+        )
 
     app.add_api_route("/", index, methods=["GET"], include_in_schema=False)
     app.add_api_route("/index.html", index, methods=["GET"], include_in_schema=False)

@@ -43,7 +43,7 @@ function parseBlock(text, start) {
   const data = [];
   let id = null;
   let event = null;
-  for (const line of text.split(/\r?\n/)) {
+  for (const line of text.replace(/\r$/, "").split(/\r?\n/)) {
     if (line === "" || line.startsWith(":")) continue; // comments, e.g. ": ping"
     const colon = line.indexOf(":");
     const field = colon < 0 ? line : line.slice(0, colon);
