@@ -160,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
+    if not settings.no_ui:
+        from ferry.ui import mount_ui
+
+        mount_ui(app)
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     openapi.install(app)
     app.add_middleware(FerryMiddleware, api_keys=settings.api_key, on_response=state.metrics.on_response,

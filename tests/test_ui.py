@@ -22,12 +22,9 @@ import pytest
 from conftest import ROOT, FerryServer, free_port
 from httpx_sse import connect_sse
 
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
-    )
+from playwright import sync_api  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")  # `make test` installs Debian's chromium when missing
 
 CHROMIUM_ARGS = [
     "--headless",
