@@ -21,8 +21,7 @@ import httpx
 import pytest
 from conftest import ROOT, FerryServer, free_port
 from httpx_sse import connect_sse
-
-from playwright import sync_api  # noqa: E402
+from playwright import sync_api
 
 CHROMIUM = Path("/usr/bin/chromium")  # `make test` installs Debian's chromium when missing
 
