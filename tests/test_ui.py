@@ -10,16 +10,13 @@ key once; the layout works on a phone-sized screen.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, FerryServer, free_port
+from conftest import ROOT, FerryServer
 from httpx_sse import connect_sse
 from playwright import sync_api
 
@@ -38,42 +35,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "artifacts"
 LONG = '{"ignore_eos": true}'  # with max tokens 300: ~10 s of streaming on the shared CI box
 
-# Until ferry/app.py calls mount_ui itself, the test server wraps create_app to mount the page.
-UI_WIRED = "mount_ui" in (ROOT / "ferry" / "app.py").read_text()
-_WRAPPER = """
-import sys
-import ferry.app
-from ferry.ui import mount_ui
-_create = ferry.app.create_app
-def create_app(settings=None):
-    app = _create(settings)
-    mount_ui(app)
-    return app
-ferry.app.create_app = create_app
-from ferry.cli import main
-raise SystemExit(main(["serve", *sys.argv[1:]]))
-"""
-
-
-class UiServer(FerryServer):
-    """A real Ferry server that serves the chat page (through the wrapper until it is wired)."""
-
-    def __init__(self, *args: str) -> None:
-        if UI_WIRED:
-            super().__init__(*args)
-            return
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(os.environ.get("FERRY_TEST_LOGS", "/tmp")) / f"ferry-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed by stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WRAPPER, "--port", str(self.port), "--threads", "2", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={"OMP_WAIT_POLICY": "passive", **os.environ},
-        )
-        self.wait_ready()
+UiServer = FerryServer  # the page is served by every Ferry server unless --no-ui
 
 
 @pytest.fixture(scope="module")
