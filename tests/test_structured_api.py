@@ -6,7 +6,7 @@ import json
 
 import jsonschema
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
@@ -66,7 +66,7 @@ def test_json_object_is_one_json_object(client):
 class City(BaseModel):
     name: str
     country: str
-    population: int = Field(ge=0, le=100_000_000)
+    population: int  # unbounded: Ferry holds integers to the JSON-safe range
 
 
 def test_parse_with_a_pydantic_model(client):

@@ -161,7 +161,8 @@ def compile_json_schema(
             return hit
     tokenizer = _llg_tokenizer(vocab)
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(_bound_integers(schema),
+                                                                 overrides=_JSON_OPTIONS)
     except ValueError as e:
         raise InvalidRequest(f"invalid JSON schema: {e}", param=param) from e
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
@@ -176,6 +177,27 @@ def compile_json_schema(
         while len(_compiled) > _CACHE_SIZE:
             _compiled.popitem(last=False)
     return compiled
+
+
+# Unbounded integers let a small model write digits until max_tokens (greedy SmolLM2 writes
+# "1111…" for a pydantic `int`); integers without bounds are held to ±(2**53 - 1),
+# beyond which JSON consumers (JavaScript, many parsers) lose precision anyway.
+_INT_BOUND = 2**53 - 1  # the JSON-safe integer range
+
+
+def _bound_integers(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _bound_integers(v) for k, v in node.items()}
+        types = out.get("type")
+        if types == "integer" or (isinstance(types, list) and "integer" in types):
+            if "maximum" not in out and "exclusiveMaximum" not in out:
+                out["maximum"] = _INT_BOUND
+            if "minimum" not in out and "exclusiveMinimum" not in out:
+                out["minimum"] = -_INT_BOUND
+        return out
+    if isinstance(node, list):
+        return [_bound_integers(v) for v in node]
+    return node
 
 
 def _raise_schema_error(message: str, param: str) -> None:
