@@ -108,6 +108,10 @@ class _Sampling(_Req):
     repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
 
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from ferry.streams import check_conv_id
 from ferry.sse import EventStreamResponse
+from ferry.streams import check_conv_id
 
 router = APIRouter()
 
@@ -30,7 +30,10 @@ async def _replay(request: Request, conv_id: str, offset: int | None, last_event
                                headers={"X-Conversation-Id": conv_id})
 
 
+# Each route answers in the path form and in llama.cpp's query form (`?conv_id=`, where ids
+# may contain `/`): `conv_id` is a path parameter in the first, a query parameter in the second.
 @router.get("/v1/stream/{conv_id}")
+@router.get("/v1/stream")
 async def replay_stream(request: Request, conv_id: str,
                         from_: int | None = Query(None, alias="from", ge=0),
                         last_event_id: str | None = Header(None)):
@@ -38,23 +41,9 @@ async def replay_stream(request: Request, conv_id: str,
     return await _replay(request, conv_id, from_, last_event_id)
 
 
-@router.get("/v1/stream")
-async def replay_stream_query(request: Request, conv_id: str,
-                              from_: int | None = Query(None, alias="from", ge=0),
-                              last_event_id: str | None = Header(None)):
-    check_conv_id(conv_id, param="conv_id")
-    return await _replay(request, conv_id, from_, last_event_id)
-
-
 @router.delete("/v1/stream/{conv_id}", status_code=204)
-async def delete_stream(request: Request, conv_id: str):
-    check_conv_id(conv_id, param="conv_id")
-    await request.app.state.ferry.sessions.store.delete(conv_id, _owner(request))
-    return Response(status_code=204)
-
-
 @router.delete("/v1/stream", status_code=204)
-async def delete_stream_query(request: Request, conv_id: str):
+async def delete_stream(request: Request, conv_id: str):
     check_conv_id(conv_id, param="conv_id")
     await request.app.state.ferry.sessions.store.delete(conv_id, _owner(request))
     return Response(status_code=204)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,16 +171,22 @@ async def chat_response(job: ChatJob, gen: Generation) -> dict:
             "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
 
 
-async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | object]:
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+def _chunker(req: _Sampling, model_id: str, prefix: str, obj: str) -> Callable[..., Event]:
+    """Builds one stream's chunks: one id and ``created`` for all, ``usage`` only when asked."""
+    cid, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(choices: list[dict], usage: Any = None) -> Event:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": job.model.id, "system_fingerprint": FINGERPRINT, "choices": choices}
-        if include_usage:
+        body = {"id": cid, "object": obj, "created": created, "model": model_id,
+                "system_fingerprint": FINGERPRINT, "choices": choices}
+        if req.include_usage:
             body["usage"] = usage
         return Event(body)
+
+    return chunk
+
+
+async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | object]:
+    chunk = _chunker(job.req, job.model.id, "chatcmpl", "chat.completion.chunk")
 
     parsers = [tools.ToolStreamParser() if job.tools else None for _ in range(job.req.n)]
     for i in range(job.req.n):
@@ -204,7 +210,7 @@ async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | ob
             if parser is not None and parser.calls and reason == "stop":
                 reason = "tool_calls"
             yield chunk([{"index": idx, "delta": {}, "logprobs": None, "finish_reason": reason}])
-    if include_usage:
+    if job.req.include_usage:
         yield chunk([], gen.usage())
     yield DONE
 
@@ -287,15 +293,7 @@ async def completion_response(job: CompletionJob, gen: Generation) -> dict:
 
 
 async def completion_stream(job: CompletionJob, gen: Generation) -> AsyncIterator[Event | object]:
-    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
-
-    def chunk(choices: list[dict], usage: Any = None) -> Event:
-        body = {"id": cid, "object": "text_completion", "created": created,
-                "model": job.model.id, "system_fingerprint": FINGERPRINT, "choices": choices}
-        if include_usage:
-            body["usage"] = usage
-        return Event(body)
+    chunk = _chunker(job.req, job.model.id, "cmpl", "text_completion")
 
     offsets = [0] * (len(job.prompts) * job.req.n)
     if job.req.echo:
@@ -311,6 +309,6 @@ async def completion_stream(job: CompletionJob, gen: Generation) -> AsyncIterato
             offsets[idx] += len(out.text)
             yield chunk([{"index": idx, "text": out.text, "logprobs": lp,
                           "finish_reason": out.finish_reason}])
-    if include_usage:
+    if job.req.include_usage:
         yield chunk([], gen.usage())
     yield DONE
