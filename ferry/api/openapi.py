@@ -21,9 +21,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-SSE = {"text/event-stream": {"schema": {"type": "string",
-                                        "description": "Server-sent events: `data: {json}` "
-                                        "chunks, then `data: [DONE]`"}}}
+# one server-sent event: `data:` is a JSON chunk (or `[DONE]`); resumable streams add `id:`
+SSE = {"text/event-stream": {"schema": {
+    "type": "object", "description": "Each event: `data: {json chunk}`; the last: `data: [DONE]`",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"},
+                   "id": {"type": "string"}, "retry": {"type": "integer"}},
+    "required": ["data"]}}}
 
 
 class ErrorBody(BaseModel):

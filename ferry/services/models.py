@@ -161,8 +161,13 @@ class ModelRegistry:
         return {i: s.loaded for i, s in self.slots.items() if isinstance(s.loaded, ChatModel)}
 
     def slot(self, name: str | None, kind: str | None = None) -> Slot:
-        """The configured model ``name`` (None/"default" = the default chat model); 404 if
-        unknown, 400 if it is of another kind than ``kind``."""
+        """The configured model ``name`` (None/"default" = the default chat model, or the first
+        embedding model when ``kind`` is "embedding"); 404 if unknown, 400 if it is of another
+        kind than ``kind``."""
+        if not name and kind == "embedding":
+            name = next((i for i, x in self.slots.items() if x.spec.kind == "embedding"), None)
+            if name is None:
+                raise ModelNotFound("no embedding model is configured", param="model")
         if not name or name == "default":
             if self.default is None:
                 raise ModelNotFound("no chat model is configured", param="model")
