@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from openai_spec import validate
 
 MODEL = "all-minilm-l6-v2"

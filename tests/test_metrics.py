@@ -7,9 +7,9 @@ import threading
 
 import httpx
 import pytest
+from conftest import FerryServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FerryServer
 from ferry.metrics import Metrics
 
 MSG = [{"role": "user", "content": "Say hello."}]
@@ -72,13 +72,12 @@ def test_errors_are_counted_by_status_with_bounded_labels(http):
     assert total(after, "ferry_requests_total", endpoint="other", status="404") >= 1
 
 
-def test_running_gauge_and_prefix_hits_follow_the_engine(http):
+def test_running_and_kv_gauges_follow_the_engine(http):
     model = model_of(http)
     body = {"model": model, "messages": MSG, "max_tokens": 200, "ignore_eos": True}
     t = threading.Thread(target=lambda: http.post("/v1/chat/completions", json=body))
     seen = 0.0
     with httpx.Client(base_url=str(http.base_url), timeout=60) as other:
-        before = scrape(other)
         t.start()
         for _ in range(200):
             s = scrape(other)

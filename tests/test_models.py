@@ -9,10 +9,10 @@ import time
 
 import httpx
 import pytest
-
 from conftest import FerryServer
-from ferry.engine.model import bundled_model_path
 from openai_spec import validate
+
+from ferry.engine.model import bundled_model_path
 
 GGUF = bundled_model_path()
 EMB = "all-minilm-l6-v2"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 import schemathesis
 import yaml
+from conftest import FerryServer
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -17,8 +17,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from conftest import FerryServer
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
@@ -90,9 +88,7 @@ def _cap_generation(case) -> None:
         return
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
-        if v is None and key == "max_tokens":
-            body[key] = MAX_TOKENS
-        elif type(v) is int and MAX_TOKENS < v < 100_000:
+        if (v is None and key == "max_tokens") or (type(v) is int and MAX_TOKENS < v < 100_000):
             body[key] = MAX_TOKENS
 
 
