@@ -3,6 +3,11 @@
 Chain order follows llama.cpp's common sampler: logit bias, penalties, top-k, top-p, min-p,
 temperature, then a seeded distribution draw (or greedy at temperature 0). Each sequence gets its
 own chain, so a seed makes its draws independent of whatever else is batched with it.
+
+Speed: llama.cpp's top-p sorts every candidate; over SmolLM2's 49,152 tokens that measured
+5.1 ms per token, against 0.7 ms with a top-k of 1,024 in front of it (greedy: 0.08 ms). So a
+request with ``top_p < 1`` and no ``top_k`` gets ``top_k = TOP_P_PREFILTER``; this changes the
+draw only when the 1,024 most likely tokens together hold less than ``top_p`` of the mass.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import numpy as np
 import llama_cpp as ll
 
 from ferry.engine.sequence import SamplingParams, TokenLogprob
+
+
+TOP_P_PREFILTER = 1024
 
 
 def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
@@ -31,8 +39,11 @@ def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
     if params.temperature <= 0.0:
         add(ll.llama_sampler_init_greedy())
         return chain
-    if params.top_k > 0:
-        add(ll.llama_sampler_init_top_k(params.top_k))
+    top_k = params.top_k
+    if top_k <= 0 and params.top_p < 1.0:
+        top_k = TOP_P_PREFILTER
+    if top_k > 0:
+        add(ll.llama_sampler_init_top_k(top_k))
     if params.top_p < 1.0:
         add(ll.llama_sampler_init_top_p(params.top_p, 1))
     if params.min_p > 0.0:
