@@ -8,6 +8,10 @@ Invariants (key layout and scripts in ``redis_scripts``):
   session is re-checked, so a message missed while disconnected is not lost.
 - Followers block in XREAD on the session's data stream and stop at its end marker; a follower
   whose next entry does not start where it expected fell more than a buffer behind and raises.
+- Writer liveness: the replica writing a session refreshes its ``alive`` key every
+  ``HEARTBEAT_S``; a follower that finds the session not done and the key lapsed (the writer's
+  process died: SIGKILL, OOM, power) ends with one ``service_unavailable`` error event instead of
+  waiting out the lease. So a follower of a dead writer ends within ``ALIVE_MS + BLOCK_MS``.
 - Connection failures become ``ServiceUnavailable``; only sessions touch Redis.
 """
 
@@ -29,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ferry.errors import ServiceUnavailable
+from ferry.sse import Event, encode
 from ferry.streams import redis_scripts
 from ferry.streams.base import (
     Session,
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 LIVE_LEASE = 600.0  # s a live session survives without an append (a crashed replica's garbage)
 CANCEL_GRACE_MS = 60_000  # a cancelled session's keys linger: followers drain, writers learn
 BLOCK_MS = 5_000  # one XREAD wait; after an idle one the follower checks the session still exists
+HEARTBEAT_S = 2.0  # how often a replica refreshes the alive keys of the sessions it writes
+ALIVE_MS = 10_000  # an alive key not refreshed for this long means its writer is gone
 READ_COUNT = 512  # entries per XREAD: whole events, typically tens of KiB
 
 _Arg = bytes | str | int | float  # what a script argument may be
@@ -63,12 +70,22 @@ def _reachable() -> Iterator[None]:
         raise ServiceUnavailable(f"stream store (Redis) is unreachable: {exc}") from exc
 
 
+def _writer_gone(conv_id: str) -> bytes:
+    """The terminal event a follower sends when the session's writer stopped heartbeating."""
+    err = ServiceUnavailable(
+        f"the replica generating conversation {conv_id!r} stopped (no heartbeat for "
+        f"{ALIVE_MS // 1000} s); the stream is incomplete, start a new generation"
+    )
+    return encode(Event(err.to_body()))
+
+
 class _Keys:
     def __init__(self, prefix: str, owner: str | None, conv_id: str, sid: str) -> None:
         ns = "-" if owner is None else hashlib.sha256(owner.encode()).hexdigest()[:32]
         self.pointer = f"{prefix}:conv:{ns}:{conv_id}"
         self.meta = f"{prefix}:meta:{sid}"
         self.data = f"{prefix}:data:{sid}"
+        self.alive = f"{prefix}:alive:{sid}"
         self.all = [self.pointer, self.meta, self.data]
 
 
@@ -136,6 +153,7 @@ class RedisStore:
         self._start = self._redis.register_script(redis_scripts.START)
         self._local: dict[str, RedisSession] = {}  # live sessions this replica writes
         self._listener: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
     async def open(self, conv_id: str, owner: str | None) -> RedisSession:
@@ -144,11 +162,14 @@ class RedisStore:
         with _reachable():
             args: list[_Arg] = [sid, time.time(), int(self.lease * 1000), conv_id]
             old = await self._open(keys=[keys.pointer, keys.meta], args=args)
+            await self._redis.set(keys.alive, b"1", px=ALIVE_MS)
             if old is not None:
                 await self._cancel_sid(_Keys(self.prefix, owner, conv_id, _text(old)), evict=False)
             await self._ensure_listening()
         session = RedisSession(self, conv_id, sid, keys)
         self._local[sid] = session
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat(), name="ferry-streams-heartbeat")
         return session
 
     async def lookup(self, conv_ids: list[str], owner: str | None) -> list[SessionInfo]:
@@ -208,10 +229,11 @@ class RedisStore:
         )
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._redis.aclose()
 
     async def _follow(
@@ -225,8 +247,16 @@ class RedisStore:
                 reply = await self._redis.xread(
                     {keys.data: last_id}, count=READ_COUNT, block=BLOCK_MS
                 )
-                if not reply and not await self._redis.exists(keys.meta):
-                    return  # expired or evicted while idle
+                if not reply:
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.hget(keys.meta, "done")
+                    pipe.exists(keys.alive)
+                    done, alive = await pipe.execute()
+                    if done is None:
+                        return  # expired or evicted while idle
+                    if done == b"0" and not alive:
+                        yield _writer_gone(conv_id)
+                        return
             entries = cast(_Entries, reply[0][1]) if reply else []  # type: ignore[index]
             parts: list[bytes] = []
             for entry_id, fields in entries:
@@ -249,6 +279,21 @@ class RedisStore:
             local.cancelled.set()
         args: list[_Arg] = [sid, time.time(), CANCEL_GRACE_MS, self._channel, "1" if evict else "0"]
         await self._cancel(keys=keys.all, args=args)
+
+    async def _beat(self) -> None:
+        """Refresh the alive key of every session this replica writes (see the invariants)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            sessions = list(self._local.values())
+            if not sessions:
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for session in sessions:
+                    pipe.set(session.keys.alive, b"1", px=ALIVE_MS)
+                await pipe.execute()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("stream store heartbeat failed (%s); retrying", exc)
 
     def _forget(self, session: RedisSession) -> None:
         self._local.pop(session.sid, None)
