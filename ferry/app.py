@@ -7,6 +7,7 @@ once ready. Mountable inside another ASGI app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -95,7 +96,7 @@ class AppState:
     def _transcribers(self, specs: list[ModelSpec]) -> TranscriberRegistry:
         n = self.settings.audio_concurrency
         loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
-        loaders |= {s.id: (lambda p=s.path: Transcriber.from_dir(p, max_concurrency=n))
+        loaders |= {s.id: functools.partial(Transcriber.from_dir, s.path, max_concurrency=n)
                     for s in specs}
         return TranscriberRegistry(loaders, {a: BUNDLED_NAME for a in BUNDLED_ALIASES})
 

@@ -90,20 +90,20 @@ def load_models_config(path: str) -> list[ModelSpec]:
         raise ValueError(f"cannot read models config {path}: {e}") from None
     entries = doc.get("models") if isinstance(doc, dict) else doc
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a list of models (or a 'models:' key)") # noqa: TRY004
+        raise ValueError(f"{path}: expected a list of models (or a 'models:' key)")  # noqa: TRY004
     specs = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
-            raise ValueError(f"{path}: model {i} needs a 'path'") # noqa: TRY004
-        kind = e.get("kind", "chat")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise ValueError(f"{path}: model {i} needs a 'path'")  # noqa: TRY004
+        kind = entry.get("kind", "chat")
         if kind not in KINDS:
             raise ValueError(f"{path}: model {i} has kind {kind!r}; expected one of {KINDS}")
-        ctx, par = e.get("ctx_size", e.get("n_ctx")), e.get("parallel")
+        ctx, par = entry.get("ctx_size", entry.get("n_ctx")), entry.get("parallel")
         for name, v in (("ctx_size", ctx), ("parallel", par)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{path}: model {i}: {name} must be a positive integer")
-        specs.append(ModelSpec(str(e.get("alias") or model_id_for(e["path"])), e["path"], kind,
-                               ctx, par, e.get("chat_template")))
+        alias = str(entry.get("alias") or model_id_for(entry["path"]))
+        specs.append(ModelSpec(alias, entry["path"], kind, ctx, par, entry.get("chat_template")))
     return specs
 
 
@@ -251,7 +251,7 @@ class ModelRegistry:
             raise ServiceUnavailable(message, headers={"Retry-After": "2"})
         await asyncio.sleep(BUSY_POLL_S)
 
-    def _evict_for(self, s: Slot) -> list[ChatModel | EmbeddingRuntime] | None:
+    def _evict_for(self, s: Slot) -> list[ChatModel | EmbeddingRuntime | None] | None:
         """Make room for ``s``: detach idle models, least recently used first, and return their
         runtimes for the caller to close; None (nothing detached) if too many are busy. No await
         between the idle check and the detaching."""
