@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import signal
 import sys
 import tempfile
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="send ignore_eos so every request emits max_tokens (default: on)",
     )
+    add("--extra-body", type=json.loads, default=None,
+        help='JSON merged into every request, e.g. \'{"response_format": {"type": "json_object"}}\'')
     add("--json", action="store_true", help="print a JSON document instead of a table")
     add("--timeout", type=float, default=300.0, help="per-request timeout, seconds")
     add("--warmup", type=int, default=1, help="unmeasured requests per target and level")
@@ -129,6 +132,7 @@ def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
         ignore_eos=args.ignore_eos,
         api_key=args.api_key,
         timeout_s=args.timeout,
+        extra_body=args.extra_body,
     )
     return BenchConfig(
         targets=targets, concurrencies=args.concurrency, requests=args.requests, spec=spec,

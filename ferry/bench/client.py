@@ -40,6 +40,7 @@ class RequestSpec:
     ignore_eos: bool
     api_key: str | None
     timeout_s: float
+    extra_body: dict[str, Any] | None = None  # merged into every request (e.g. response_format)
 
     def payload(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -55,6 +56,7 @@ class RequestSpec:
             body["prompt"] = self.prompt
         if self.ignore_eos:
             body["ignore_eos"] = True  # llama-server / Ferry extension: always emit max_tokens
+        body.update(self.extra_body or {})
         return body
 
     def headers(self) -> dict[str, str]:
