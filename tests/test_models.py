@@ -180,3 +180,31 @@ def test_a_busy_model_is_not_evicted(lru):
     assert a.status_code == 200 and a.json()["usage"]["completion_tokens"] > 0
     assert a.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert states(lru)["chat-b"] == "loaded"
+
+
+def test_models_config_accepts_a_list_or_a_models_key(tmp_path):
+    from ferry.services.models import ModelSpec, load_models_config
+
+    p = tmp_path / "m.yaml"
+    p.write_text("- path: /m/a.gguf\n- {alias: e, path: /m/e, kind: embedding, parallel: 3}\n")
+    assert load_models_config(str(p)) == [ModelSpec("a", "/m/a.gguf"),
+                                           ModelSpec("e", "/m/e", "embedding", None, 3)]
+    p.write_text("models:\n  - {alias: w, path: /m/w, kind: transcription}\n")
+    assert load_models_config(str(p))[0].kind == "transcription"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("models: 3\n", "list of models"),
+    ("- alias: x\n", "needs a 'path'"),
+    ("- {path: /a, kind: vision}\n", "kind 'vision'"),
+    ("- {path: /a, ctx_size: 0}\n", "ctx_size must be a positive integer"),
+    ("- {path: /a, parallel: true}\n", "parallel must be a positive integer"),
+    ("- [unclosed\n", "cannot read"),
+])
+def test_bad_models_config_names_the_problem(tmp_path, text, words):
+    from ferry.services.models import load_models_config
+
+    p = tmp_path / "m.yaml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=words):
+        load_models_config(str(p))
