@@ -69,7 +69,8 @@ class AppState:
         n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
-                            max_queue=s.max_queue, queue_timeout=s.queue_timeout)
+                            max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+                            speculative=s.speculative, draft_max=s.draft_max)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     batch_size: int = Field(512, ge=32, description="max tokens in one llama_decode")
     prefill_chunk: int = Field(64, ge=8, description="max prompt tokens prefilled per step while "
                                "other streams are decoding")
+    speculative: Literal["none", "ngram"] = Field(
+        "none", description="speculative decoding for greedy requests: none, or ngram (prompt "
+        "lookup: drafts copied from the prompt and the text so far, verified in one decode)")
+    draft_max: int = Field(8, ge=1, le=64, description="most tokens drafted per step")
     chat_template: str | None = Field(None, description="jinja2 chat template overriding the "
                                       "GGUF's tokenizer.chat_template")
     api_key: Annotated[list[str], NoDecode] = Field(

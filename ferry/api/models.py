@@ -57,6 +57,9 @@ class ModelHealth(BaseModel):
     kv_cells_used: int | None = None
     n_ctx_seq: int | None = None
     slots: int | None = None
+    prefix_hits: int | None = None
+    speculative: dict[str, int] | None = None  # tokens drafted / accepted
+    step_python_us: dict[int, float] | None = None  # mean non-decode time per step, by batch
 
 
 class Health(BaseModel):

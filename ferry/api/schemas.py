@@ -107,6 +107,7 @@ class _Sampling(_Req):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
+    speculative: bool = Field(True, strict=True)  # opt out of server-side speculation
 
     @property
     def include_usage(self) -> bool:

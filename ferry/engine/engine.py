@@ -21,6 +21,7 @@ from typing import Any
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
 from ferry.engine.model import Model
+from ferry.engine.ngram import NGramDrafter
 from ferry.engine.runner import Runner, RunnerConfig
 from ferry.engine.scheduler import Scheduler, StepPlan
 from ferry.engine.sequence import Output, SamplingParams, Sequence
@@ -38,6 +39,8 @@ class EngineConfig:
     prefill_chunk: int = 64
     max_queue: int = 256
     queue_timeout: float | None = None
+    speculative: str = "none"  # "none" | "ngram"
+    draft_max: int = 8
 
 
 @dataclass(slots=True)
@@ -64,9 +67,12 @@ class Engine:
         self.cfg = cfg
         self.runner = Runner(model, RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
-        self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout)
+        self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
+                                   self.n_ctx_seq)
         self.times = StepTimes()
         self.tokens_generated = 0
+        self.spec_drafted = 0
+        self.spec_accepted = 0
         self.tokens_prompt = 0
         self._inbox: deque[Sequence] = deque()
         self._wake = threading.Event()
@@ -162,61 +168,93 @@ class Engine:
         seq.detok = TextAssembler(seq.params.stop)
         if seq.params.constraint is not None:
             seq.constraint = seq.params.constraint()
+        # Prompt-lookup speculation for greedy requests: verifying a draft against the argmax is
+        # exact; sampled requests do not speculate, so their distribution is untouched.
+        if (self.cfg.speculative == "ngram" and seq.params.speculative
+                and seq.params.temperature <= 0.0):
+            seq.drafter = NGramDrafter(self.cfg.draft_max)
+            seq.drafter.extend(seq.prompt)
         self.tokens_prompt += len(seq.prompt) - seq.num_cached
         if self.observer is not None:
             self.observer.queue.observe(time.monotonic() - seq.arrival)
 
     def _postprocess(self, plan: StepPlan, rows: dict[int, int],
                      out: list[tuple[Callable[[Output], None], Output]]) -> None:
-        model = self.model
-        obs = self.observer
         now = time.monotonic()  # one clock read per step: TTFT/ITL resolution is one step
         for w in plan.work:
             seq = w.seq
-            seq.num_computed += len(w.tokens)
             row = rows.get(seq.id)
+            # tokens before the drafted ones are now in KV; a draft token joins only once verified
+            seq.num_computed = w.pos + len(w.tokens) - len(w.draft)
             if row is None:
                 continue
-            c = seq.constraint
-            logits = self.runner.logits(row) if (c is not None or seq.params.logprobs) else None
-            if c is not None:
-                c.apply(logits)
-            tok = self.runner.sample(seq.sampler, row)
-            if c is not None:
-                c.accept(tok)
-            lp = None
-            if seq.params.logprobs and tok not in model.eog_ids:
-                lp = [sampling.token_logprob(logits, tok, seq.params.top_logprobs, model.pieces)]
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-                if obs is not None:
-                    obs.ttft.observe(now - seq.arrival)
-            elif obs is not None:
-                obs.itl.observe(now - self._last_token.get(seq.id, now))
-            if obs is not None:
-                self._last_token[seq.id] = now
-            self.tokens_generated += 1
+            self._observe_token(seq, now)
+            texts: list[str] = []
+            toks: list[int] = []
+            lps: list | None = [] if seq.params.logprobs else None
             finish = None
-            if tok in model.eog_ids:
-                text, finish = seq.detok.flush(), "stop"
-            else:
-                seq.generated.append(tok)
-                text = seq.detok.feed(model.text_pieces[tok])
-                if seq.detok.stopped or (c is not None and c.is_complete()):
-                    text += seq.detok.flush()
-                    finish = "stop"
-                elif len(seq.generated) >= seq.max_tokens or seq.num_computed + 1 >= self.n_ctx_seq:
-                    text += seq.detok.flush()
-                    finish = "length"
+            for i in range(w.n_logits):  # verify drafts in order; stop at the first miss
+                tok, lp, text, finish = self._next_token(seq, row + i)
+                toks.append(tok)
+                texts.append(text)
+                if lps is not None and lp is not None:
+                    lps.append(lp)
+                if finish is not None or i == len(w.draft) or tok != w.draft[i]:
+                    break
+                seq.num_computed += 1  # draft token i was right: its KV cell stays
+            if w.draft:
+                seq.drafter.record(len(w.draft), len(toks) - 1)
+                self.spec_drafted += len(w.draft)
+                self.spec_accepted += len(toks) - 1
+                if finish is None and len(toks) - 1 < len(w.draft):
+                    self.runner.trim(seq.slot, seq.num_computed)  # drop the rejected drafts
+            text = "".join(texts)
             if finish is not None:
-                if obs is not None:
-                    obs.e2e.observe(now - seq.arrival)
+                if self.observer is not None:
+                    self.observer.e2e.observe(now - seq.arrival)
                 self.scheduler.finish(seq, finish)
                 self._release(seq)
-                out.append((seq.sink, self._final(seq, text, finish, lp, [tok])))
+                out.append((seq.sink, self._final(seq, text, finish, lps or None, toks)))
             else:
-                out.append((seq.sink, Output(text, [tok], lp, None, len(seq.prompt),
+                out.append((seq.sink, Output(text, toks, lps or None, None, len(seq.prompt),
                                              len(seq.generated), seq.num_cached)))
+
+    def _observe_token(self, seq: Sequence, now: float) -> None:
+        obs = self.observer
+        if seq.first_token_time is None:
+            seq.first_token_time = now
+            if obs is not None:
+                obs.ttft.observe(now - seq.arrival)
+        elif obs is not None:
+            obs.itl.observe(now - self._last_token.get(seq.id, now))
+        if obs is not None:
+            self._last_token[seq.id] = now
+
+    def _next_token(self, seq: Sequence, row: int):
+        """Sample one token from ``row``; returns (token, logprob, text, finish_reason)."""
+        model = self.model
+        c = seq.constraint
+        logits = self.runner.logits(row) if (c is not None or seq.params.logprobs) else None
+        if c is not None:
+            c.apply(logits)
+        tok = self.runner.sample(seq.sampler, row)
+        if c is not None:
+            c.accept(tok)
+        lp = None
+        if seq.params.logprobs and tok not in model.eog_ids:
+            lp = sampling.token_logprob(logits, tok, seq.params.top_logprobs, model.pieces)
+        self.tokens_generated += 1
+        if tok in model.eog_ids:
+            return tok, lp, seq.detok.flush(), "stop"
+        seq.generated.append(tok)
+        if seq.drafter is not None:
+            seq.drafter.extend([tok])
+        text = seq.detok.feed(model.text_pieces[tok])
+        if seq.detok.stopped or (c is not None and c.is_complete()):
+            return tok, lp, text + seq.detok.flush(), "stop"
+        if len(seq.generated) >= seq.max_tokens or seq.num_computed + 1 >= self.n_ctx_seq:
+            return tok, lp, text + seq.detok.flush(), "length"
+        return tok, lp, text, None
 
     def _final(self, seq: Sequence, text: str, reason: str, lp=None, toks=None) -> Output:
         return Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
@@ -252,6 +290,7 @@ class Engine:
         return {"running": self.num_running, "waiting": self.num_waiting,
                 "kv_cells_used": self.kv_cells_used(), "n_ctx_seq": self.n_ctx_seq,
                 "slots": self.cfg.n_slots, "prefix_hits": self.scheduler.stats.prefix_hits,
+                "speculative": {"drafted": self.spec_drafted, "accepted": self.spec_accepted},
                 # mean Python time per step (µs) by number of sequences in the step
                 "step_python_us": {n: round(v[0] / v[1] * 1e6, 1)
                                    for n, v in sorted(self.times.by_batch.items()) if v[1]}}

@@ -14,8 +14,8 @@ import ctypes
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import llama_cpp as ll
+import numpy as np
 
 from ferry.engine.model import Model
 from ferry.engine.scheduler import StepPlan
@@ -71,7 +71,8 @@ class Runner:
         ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
 
     def run(self, plan: StepPlan) -> dict[int, int]:
-        """Decode every piece of work in one batch; return {sequence id: logits row}."""
+        """Decode every piece of work in one batch; return {sequence id: first logits row}
+        (a work item's ``n_logits`` rows are contiguous from there)."""
         for slot, keep in plan.trims:
             self.trim(slot, keep)
         n = 0
@@ -88,9 +89,11 @@ class Runner:
                 lg[n] = 0
                 n += 1
                 p += 1
-            if w.logits:
-                lg[n - 1] = 1
-                rows[w.seq.id] = n - 1
+            k = w.n_logits
+            if k:
+                for i in range(n - k, n):
+                    lg[i] = 1
+                rows[w.seq.id] = n - k
         if n == 0:
             return rows
         self.batch.n_tokens = n

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import llama_cpp as ll
+import numpy as np
 
 from ferry.engine.sequence import SamplingParams, TokenLogprob
-
 
 TOP_P_PREFILTER = 1024
 
 
 def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    add = lambda s: ll.llama_sampler_chain_add(chain, s)  # noqa: E731
+    add = lambda s: ll.llama_sampler_chain_add(chain, s)
     if params.logit_bias:
         arr = (ll.llama_logit_bias * len(params.logit_bias))()
         for i, (tok, bias) in enumerate(params.logit_bias.items()):

@@ -28,6 +28,12 @@ class Work:
     tokens: list[int]
     pos: int  # position of tokens[0] in the sequence
     logits: bool  # the last token's logits are needed (decode, or the prompt's last chunk)
+    draft: list[int] = field(default_factory=list)  # speculative tokens (the tail of `tokens`)
+
+    @property
+    def n_logits(self) -> int:
+        """Rows of logits this work needs: the last token's, plus one per drafted token."""
+        return (1 + len(self.draft)) if self.logits else 0
 
 
 @dataclass(slots=True)
@@ -51,7 +57,8 @@ class Stats:
 
 class Scheduler:
     def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
-                 queue_timeout: float | None = None) -> None:
+                 queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30) -> None:
+        self.n_ctx_seq = n_ctx_seq
         self.n_slots = n_slots
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
@@ -85,9 +92,12 @@ class Scheduler:
         self._admit(plan)
         budget = self.max_batch_tokens
         decoding = [s for s in self.running if not s.in_prefill]
+        spare = budget - len(decoding)  # drafts only use what one token per sequence leaves
         for seq in decoding:
-            plan.work.append(Work(seq, [seq.generated[-1]], seq.num_computed, True))
-        budget -= len(decoding)
+            draft = self._draft(seq)[:max(spare, 0)] if seq.drafter is not None else []
+            spare -= len(draft)
+            plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
+            budget -= 1 + len(draft)
         chunk_cap = self.prefill_chunk if decoding else budget
         for seq in self.running:
             if budget <= 0:
@@ -104,6 +114,12 @@ class Scheduler:
                 break
         self.stats.steps += 1
         return plan
+
+    def _draft(self, seq: Sequence) -> list[int]:
+        """Speculative tokens for ``seq``, capped by what it may still generate and hold."""
+        room = min(seq.max_tokens - len(seq.generated) - 1,
+                   self.n_ctx_seq - seq.num_computed - 2)
+        return seq.drafter.propose()[:max(room, 0)]
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Remove a sequence (any state) and release its slot, keeping its KV as a prefix."""

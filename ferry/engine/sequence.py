@@ -36,6 +36,7 @@ class SamplingParams:
     top_logprobs: int = 0
     # Factory of a per-sequence token constraint (structured outputs); None = free text.
     constraint: Callable[[], Any] | None = None
+    speculative: bool = True  # allow prompt-lookup speculation if the server enables it
 
 
 class Status(enum.Enum):
@@ -70,9 +71,24 @@ class Sequence:
     """One choice of one request. ``sink`` is called (from the engine thread) with each Output."""
 
     __slots__ = (
-        "id", "prompt", "params", "sink", "status", "slot", "num_computed", "num_cached",
-        "generated", "finish_reason", "cancelled", "max_tokens", "sampler", "constraint",
-        "detok", "arrival", "first_token_time",
+        "arrival",
+        "cancelled",
+        "constraint",
+        "detok",
+        "drafter",
+        "finish_reason",
+        "first_token_time",
+        "generated",
+        "id",
+        "max_tokens",
+        "num_cached",
+        "num_computed",
+        "params",
+        "prompt",
+        "sampler",
+        "sink",
+        "slot",
+        "status",
     )
 
     def __init__(self, prompt: list[int], params: SamplingParams, max_tokens: int,
@@ -94,6 +110,7 @@ class Sequence:
         self.detok: Any = None
         self.arrival = arrival
         self.first_token_time: float | None = None
+        self.drafter: Any = None  # NGramDrafter when this sequence speculates
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -43,7 +43,8 @@ def sampling_params(req: _Sampling, n_vocab: int, *, logprobs: bool, top_logprob
         top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         logit_bias=bias, seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
-        ignore_eos=req.ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs)
+        ignore_eos=req.ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
+        speculative=req.speculative)
 
 
 def budget(prompt_len: int, max_tokens: int | None, n_ctx_seq: int) -> int:
