@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import FerryServer, free_port, start_redis, stop_redis  # noqa: E402
+from conftest import FerryServer, free_port, start_redis, stop_redis
 
 
 async def one(c: httpx.AsyncClient, max_tokens: int, conv: str | None) -> int:
@@ -80,7 +80,7 @@ def main() -> int:
                     tps = asyncio.run(level(srv.url, args.concurrency, args.max_tokens,
                                             resumable))
                     res.setdefault(key, []).append(tps)
-        print(f"| store | plain tok/s | resumable tok/s | ratio | reconnect → first byte (ms) |")
+        print("| store | plain tok/s | resumable tok/s | ratio | reconnect → first byte (ms) |")
         print("|---|---|---|---|---|")
         for store, srv in servers.items():
             plain = statistics.median(res[f"{store}/plain"])
@@ -91,7 +91,7 @@ def main() -> int:
         for s in servers.values():
             s.stop()
         stop_redis(redis_proc)
-        subprocess.run(["rm", "-rf", tmp])
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
