@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import shutil
+import statistics
 import sys
 import tempfile
 import time
