@@ -37,6 +37,8 @@ _ENGINE_COUNTERS = {
     "python_s": ("ferry_engine_python_seconds",
                  "Engine step time outside llama_decode (scheduling, sampling glue, detok)"),
     "decode_s": ("ferry_engine_decode_seconds", "Time spent in llama_decode and sampling in C"),
+    "spec_drafted": ("ferry_spec_draft_tokens", "Speculative tokens drafted (n-gram lookup)"),
+    "spec_accepted": ("ferry_spec_accepted_tokens", "Speculative drafted tokens accepted"),
 }
 
 
@@ -56,7 +58,9 @@ def engine_totals(engine: Any) -> dict[str, float]:
     t = engine.times
     return {"tokens_prompt": engine.tokens_prompt, "tokens_generated": engine.tokens_generated,
             "prefix_hits": engine.scheduler.stats.prefix_hits, "steps": t.steps,
-            "python_s": t.python_s, "decode_s": t.decode_s}
+            "python_s": t.python_s, "decode_s": t.decode_s,
+            "spec_drafted": getattr(engine, "spec_drafted", 0),
+            "spec_accepted": getattr(engine, "spec_accepted", 0)}
 
 
 class Metrics:
