@@ -185,15 +185,16 @@ class CompletionRequest(_Sampling):
 
 class TokenizeRequest(_Req):
     model: str | None = None
-    content: str | None = None
+    content: str = Field(..., description="text to tokenize (vLLM's `prompt` is accepted too)")
     prompt: str | None = None  # vLLM's name for content
     add_special: bool = False
 
-    @model_validator(mode="after")
-    def _one_text(self) -> TokenizeRequest:
-        if self.content is None and self.prompt is None:
-            raise ValueError("content is required")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "content" not in data and "prompt" in data:
+            data = {**data, "content": data["prompt"]}
+        return data
 
 
 class DetokenizeRequest(_Req):
