@@ -15,8 +15,10 @@ import httpx
 import pytest
 
 SIZES: dict[str, dict[str, Any]] = {
-    "ci": {"storm_clients": 40, "soak_seconds": 45.0, "fuzz_rounds": 1, "slowloris": 16},
-    "long": {"storm_clients": 200, "soak_seconds": 600.0, "fuzz_rounds": 5, "slowloris": 64},
+    "ci": {"storm_clients": 40, "soak_seconds": 45.0, "fuzz_rounds": 1, "slowloris": 16,
+           "crash_rounds": 1, "overload_waves": 3, "prompt_repeats": 1},
+    "long": {"storm_clients": 200, "soak_seconds": 600.0, "fuzz_rounds": 5, "slowloris": 64,
+             "crash_rounds": 4, "overload_waves": 15, "prompt_repeats": 5},
 }
 
 SCALES = ["ci", pytest.param("long", marks=pytest.mark.long)]

@@ -60,7 +60,7 @@ async def waves(url: str, n_waves: int) -> collections.Counter:
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_overload_gets_429_or_queue_timeout_and_admitted_requests_complete(scale):
-    n_waves = 3 if sizes(scale)["storm_clients"] < 100 else 15
+    n_waves = sizes(scale)["overload_waves"]
     srv = FerryServer("--parallel", str(PARALLEL), "--max-queue", str(QUEUE),
                       "--queue-timeout", "1.5")
     try:

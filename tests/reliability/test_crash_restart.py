@@ -62,7 +62,7 @@ def last_data(stream: bytes) -> str:
 @pytest.mark.parametrize("scale", SCALES)
 def test_follower_of_a_killed_replica_gets_all_bytes_then_an_error_and_restart_is_clean(
         scale, tmp_path):
-    rounds = 1 if sizes(scale)["storm_clients"] < 100 else 4
+    rounds = sizes(scale)["crash_rounds"]
     rport = free_port()
     redis = start_redis(rport, str(tmp_path))
     url = f"redis://127.0.0.1:{rport}/0"

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import FerryServer
 
-from .common import SCALES, summary
+from .common import SCALES, sizes, summary
 
 # One template, many probes: the last user message picks the branch; anything else is ChatML.
 PROBES = {
@@ -98,7 +98,7 @@ def test_hostile_template_probes_are_refused_and_the_server_keeps_working(hostil
 @pytest.mark.parametrize("scale", SCALES)
 def test_hostile_prompts_are_answered_or_refused_cleanly(plain_server, scale):
     url = plain_server.url
-    repeat = 1 if scale == "ci" else 5
+    repeat = sizes(scale)["prompt_repeats"]
     got: dict[str, int] = {}
 
     def record(case: str, r: httpx.Response, allowed: tuple[int, ...]) -> None:
