@@ -9,9 +9,12 @@ Invariants (key layout and scripts in ``redis_scripts``):
 - Followers block in XREAD on the session's data stream and stop at its end marker; a follower
   whose next entry does not start where it expected fell more than a buffer behind and raises.
 - Writer liveness: the replica writing a session refreshes its ``alive`` key every
-  ``HEARTBEAT_S``; a follower that finds the session not done and the key lapsed (the writer's
-  process died: SIGKILL, OOM, power) ends with one ``service_unavailable`` error event instead of
-  waiting out the lease. So a follower of a dead writer ends within ``ALIVE_MS + BLOCK_MS``.
+  ``HEARTBEAT_S``. A follower that finds the session not done and the key lapsed (the writer's
+  process died: SIGKILL, OOM, power) finishes the session itself, atomically and only if it is
+  still at the offset the follower read: one ``service_unavailable`` error event (with its
+  offset id, like any event) and the end marker. Every follower and every later replay then ends
+  with the same bytes, offsets stay exact, and a writer that was only stalled stops at its next
+  append (the session is done). A follower of a dead writer ends within ``ALIVE_MS + BLOCK_MS``.
 - Connection failures become ``ServiceUnavailable``; only sessions touch Redis.
 """
 
@@ -70,13 +73,32 @@ def _reachable() -> Iterator[None]:
         raise ServiceUnavailable(f"stream store (Redis) is unreachable: {exc}") from exc
 
 
-def _writer_gone(conv_id: str) -> bytes:
-    """The terminal event a follower sends when the session's writer stopped heartbeating."""
+# KEYS: meta, data, alive.  ARGV: expected total, error event bytes, completed_at, ttl_ms.
+# Finishes a session whose writer stopped heartbeating with an error event; returns 1 if it did.
+# (Next to its only caller rather than in redis_scripts, to keep the liveness change in one file.)
+WRITER_GONE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local m = redis.call('HMGET', KEYS[1], 'done', 'total', 'retained')
+if m[1] ~= '0' or m[2] ~= ARGV[1] then return 0 end
+local n = string.len(ARGV[2])
+redis.call('XADD', KEYS[2], m[2] .. '-1', 'd', ARGV[2])
+local total = tonumber(m[2]) + n
+redis.call('HSET', KEYS[1], 'done', '1', 'completed_at', ARGV[3], 'total', total,
+  'retained', tonumber(m[3]) + n)
+redis.call('XADD', KEYS[2], total .. '-1', 'x', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+
+def _writer_gone(conv_id: str, offset: int) -> bytes:
+    """The terminal event stored when the session's writer stopped heartbeating."""
     err = ServiceUnavailable(
         f"the replica generating conversation {conv_id!r} stopped (no heartbeat for "
         f"{ALIVE_MS // 1000} s); the stream is incomplete, start a new generation"
     )
-    return encode(Event(err.to_body()))
+    return encode(Event(err.to_body()), id=str(offset))
 
 
 class _Keys:
@@ -151,6 +173,7 @@ class RedisStore:
         self._finish = self._redis.register_script(redis_scripts.FINISH)
         self._cancel = self._redis.register_script(redis_scripts.CANCEL)
         self._start = self._redis.register_script(redis_scripts.START)
+        self._writer_gone = self._redis.register_script(WRITER_GONE)
         self._local: dict[str, RedisSession] = {}  # live sessions this replica writes
         self._listener: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -255,8 +278,10 @@ class RedisStore:
                     if done is None:
                         return  # expired or evicted while idle
                     if done == b"0" and not alive:
-                        yield _writer_gone(conv_id)
-                        return
+                        event = _writer_gone(conv_id, pos)
+                        args: list[_Arg] = [pos, event, time.time(), int(self.ttl * 1000)]
+                        await self._writer_gone(keys=[keys.meta, keys.data, keys.alive], args=args)
+                    continue  # the next XREAD returns the error event and the end marker
             entries = cast(_Entries, reply[0][1]) if reply else []  # type: ignore[index]
             parts: list[bytes] = []
             for entry_id, fields in entries:

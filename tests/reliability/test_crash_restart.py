@@ -90,9 +90,13 @@ def test_follower_of_a_killed_replica_gets_all_bytes_then_an_error_and_restart_i
             assert set(err) == {"message", "type", "param", "code"}
             assert err["code"] == "service_unavailable"
             assert waited < END_WITHIN_S
-            # a client resuming mid-way gets the same tail
-            status, rest, _ = resume(b.url, conv, len(prefix))
+            # the error event is stored: a client resuming mid-way gets the same tail, at once
+            status, rest, again = resume(b.url, conv, len(prefix))
             assert status == 200 and prefix + rest == whole
+            assert again < 3.0, "a replay of the ended session does not wait for liveness"
+            info = httpx.post(b.url + "/v1/streams/lookup",
+                              json={"conversation_ids": [conv]}).json()["data"][0]
+            assert info["is_done"] and info["total_bytes"] == len(whole)
             ends += 1
             # restart the killed replica on the same Redis: no cleanup, resumable streams work
             a2 = FerryServer("--stream-store", url)
