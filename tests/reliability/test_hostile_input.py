@@ -149,9 +149,10 @@ def test_hostile_prompts_are_answered_or_refused_cleanly(plain_server, scale):
             assert r.json()["error"]["code"] == "context_length_exceeded", r.text[:300]
         big_s = time.monotonic() - t0
         assert_serving(url)
-    summary("hostile_prompts", scale=scale, cases=len(got) * repeat,
-            ok_200=sum(1 for s in got.values() if s == 200),
-            refused_400=sum(1 for s in got.values() if s == 400), one_mb_three_routes_s=big_s)
+    summary("hostile_prompts", scale=scale, cases=len(got) * repeat, rounds=repeat,
+            ok_200_per_round=sum(1 for s in got.values() if s == 200),
+            refused_400_per_round=sum(1 for s in got.values() if s == 400),
+            one_mb_three_routes_s=big_s)
     assert plain_server.proc.poll() is None
 
 
