@@ -117,6 +117,7 @@ def p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
 
 
+@pytest.mark.timeout(1200)  # the long variant soaks for 10 minutes
 @pytest.mark.parametrize("scale", SCALES)
 def test_soak_mixed_traffic_holds_memory_and_serves_every_request(scale):
     total = sizes(scale)["soak_seconds"]
