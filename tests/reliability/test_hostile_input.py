@@ -156,10 +156,6 @@ def test_hostile_prompts_are_answered_or_refused_cleanly(plain_server, scale):
     assert plain_server.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: chat templates render synchronously on the event "
-                   "loop and the sandbox caps each range, not their product, so nested ranges "
-                   "(1e10 iterations) freeze the whole server; needs an iteration/output budget "
-                   "in ferry/engine/chat_template.py")
 def test_nested_range_template_is_stopped_and_others_are_still_served():
     bomb = ("{% if messages[-1]['content'] == 'bomb' %}{% for i in range(100000) %}"
             "{% for j in range(100000) %}{% endfor %}{% endfor %}{% else %}" + CHATML
