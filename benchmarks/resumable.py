@@ -68,9 +68,9 @@ def main() -> int:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     redis_proc = start_redis(port := free_port(), tmp)
-    servers = {"memory": FerryServer("--parallel", str(args.concurrency)),
+    servers = {"memory": FerryServer("--parallel", str(args.concurrency), passive_wait=False),
                "redis": FerryServer("--parallel", str(args.concurrency), "--stream-store",
-                                    f"redis://127.0.0.1:{port}/0")}
+                                    f"redis://127.0.0.1:{port}/0", passive_wait=False)}
     try:
         res: dict[str, list[float]] = {}
         for _ in range(args.rounds):

@@ -63,7 +63,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class FerryServer:
     """A real `python -m ferry serve` process."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 passive_wait: bool = True) -> None:
+        # Tests share 2 cores with their clients: llama.cpp's OpenMP threads spinning while
+        # descheduled can slow a decode 100-fold, so tests ask OpenMP to sleep (measured: 36%
+        # slower at concurrency 1 on an idle machine). Benchmarks pass passive_wait=False.
+        base = {"OMP_WAIT_POLICY": "passive"} if passive_wait else {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = ["--port", str(self.port), "--threads", "2", *args]
@@ -71,7 +76,7 @@ class FerryServer:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([sys.executable, "-m", "ferry", "serve", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={"OMP_WAIT_POLICY": "passive", **os.environ, **(env or {})},
+                                     env={**base, **os.environ, **(env or {})},
                                      cwd=ROOT)
         self.wait_ready()
 

@@ -6,11 +6,15 @@ from ferry.engine.ngram import NGramDrafter
 def test_proposes_what_followed_the_last_occurrence_of_the_suffix():
     d = NGramDrafter(max_draft=4)
     d.extend([1, 2, 3, 4, 5, 6, 9, 1, 2, 3])
-    assert d.propose() == [4, 5, 6, 9]
+    assert d.propose() == [4, 5]  # starts short
+    d.record(2, 2)
+    assert d.propose() == [4, 5, 6, 9]  # grows after a fully accepted draft
+    d.record(4, 1)
+    assert d.propose() == [4, 5]  # shrinks to what was accepted plus one
 
 
 def test_most_recent_occurrence_wins_and_draft_is_capped():
-    d = NGramDrafter(max_draft=2)
+    d = NGramDrafter(max_draft=2, sizes=(2,))
     d.extend([7, 8, 1, 7, 8, 2, 7, 8])
     assert d.propose() == [2, 7]
 
@@ -22,7 +26,7 @@ def test_no_repeat_no_draft():
 
 
 def test_low_acceptance_pauses_drafting():
-    d = NGramDrafter(max_draft=4, window=8, min_rate=0.5, cooldown=3)
+    d = NGramDrafter(max_draft=4, sizes=(2,), window=8, min_rate=0.5, cooldown=3)
     d.extend([1, 2, 3, 1, 2, 3, 1, 2])
     d.record(8, 0)
     assert [d.propose() for _ in range(3)] == [[], [], []]
