@@ -56,3 +56,27 @@ def dechunk(data: bytes) -> bytes:
             return b"".join(out)
         out.append(data[j + 2: j + 2 + n])
         i = j + 2 + n + 2
+
+
+def stream_prefix(url: str, body: dict, n: int, headers: dict[str, str] | None = None,
+                  ) -> tuple[bytes, socket.socket]:
+    """POST a streaming request on a raw socket; return at least ``n`` de-chunked body bytes
+    (whole chunks) and the still-open socket."""
+    s = connect(url)
+    s.sendall(request_bytes("POST", "/v1/chat/completions", body, headers=headers))
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += s.recv(65536)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    out = b""
+    while len(out) < n:
+        while b"\r\n" not in rest:
+            rest += s.recv(65536)
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            rest += s.recv(65536)
+        out += rest[:size]
+        rest = rest[size + 2:]
+    return out, s

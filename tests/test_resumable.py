@@ -8,10 +8,9 @@ import time
 
 import httpx
 import pytest
-from httpx_sse import EventSource
-
 from conftest import FerryServer
-from rawhttp import connect, dechunk, request_bytes
+from httpx_sse import EventSource
+from rawhttp import connect, request_bytes, stream_prefix
 
 BODY = {"messages": [{"role": "user", "content": "Tell me about rivers."}], "max_tokens": 60,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
@@ -42,24 +41,7 @@ def session_bytes(server: FerryServer, conv: str, offset: int | None = 0, header
 
 def read_prefix(server: FerryServer, conv: str, n: int) -> bytes:
     """Start a resumable stream on a raw socket, read ``n`` body bytes, drop the connection."""
-    s = connect(server.url)
-    s.sendall(request_bytes("POST", "/v1/chat/completions", BODY,
-                            headers={"X-Conversation-Id": conv}))
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        raw += s.recv(65536)
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    assert b" 200 " in head.split(b"\r\n")[0]
-    body = b""
-    while len(body) < n:  # de-chunk incrementally
-        while b"\r\n" not in rest:
-            rest += s.recv(65536)
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        while len(rest) < size + 2:
-            rest += s.recv(65536)
-        body += rest[:size]
-        rest = rest[size + 2:]
+    body, s = stream_prefix(server.url, BODY, n, headers={"X-Conversation-Id": conv})
     s.close()
     return body[:n]
 

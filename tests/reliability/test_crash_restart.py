@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 from conftest import FerryServer, free_port, start_redis, stop_redis
-from rawhttp import connect, request_bytes
+from rawhttp import stream_prefix
 
 from .common import SCALES, sizes, summary
 
@@ -22,27 +22,8 @@ END_WITHIN_S = 30.0  # heartbeat lease + one follower wait, with margin
 
 
 def read_body_prefix(url: str, conv: str, n: int) -> tuple[bytes, object]:
-    """Start a resumable stream on a raw socket; return at least ``n`` de-chunked body bytes
-    (whole chunks) and the still-open socket."""
-    s = connect(url)
-    s.sendall(request_bytes("POST", "/v1/chat/completions", BODY,
-                            headers={"X-Conversation-Id": conv}))
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        raw += s.recv(65536)
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    assert b" 200 " in head.split(b"\r\n")[0], head
-    body = b""
-    while len(body) < n:
-        while b"\r\n" not in rest:
-            rest += s.recv(65536)
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        while len(rest) < size + 2:
-            rest += s.recv(65536)
-        body += rest[:size]
-        rest = rest[size + 2:]
-    return body, s
+    """Start a resumable stream; return at least ``n`` body bytes and the still-open socket."""
+    return stream_prefix(url, BODY, n, headers={"X-Conversation-Id": conv})
 
 
 def resume(url: str, conv: str, offset: int) -> tuple[int, bytes, float]:
