@@ -35,12 +35,11 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "artifacts"
 LONG = '{"ignore_eos": true}'  # with max tokens 300: ~10 s of streaming on the shared CI box
 
-UiServer = FerryServer  # the page is served by every Ferry server unless --no-ui
 
 
 @pytest.fixture(scope="module")
-def ui_server() -> Iterator[UiServer]:
-    s = UiServer("--parallel", "4")
+def ui_server() -> Iterator[FerryServer]:
+    s = FerryServer("--parallel", "4")
     yield s
     s.stop()
 
@@ -321,7 +320,7 @@ def test_conversations_are_kept_renamed_and_deleted(page):
 
 
 def test_api_key_server_asks_for_the_key_then_works(browser):
-    server = UiServer("--api-key", "k", "--parallel", "2")
+    server = FerryServer("--api-key", "k", "--parallel", "2")
     context = browser.new_context()
     try:
         page = context.new_page()
