@@ -15,6 +15,7 @@ Graceful shutdown: on SIGTERM uvicorn stops accepting, lets in-flight requests f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -24,7 +25,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ferry.settings import Settings
 
-
 # Per-connection kernel send buffer and transport high-water mark: a reader that stops reading
 # fills these quickly, so its sends block and --send-timeout ends the stream; server memory per
 # connection stays bounded. Token streams are low-bandwidth, so this costs fast readers nothing.
@@ -33,7 +33,13 @@ WRITE_HIGH_WATER = 64 * 1024
 
 
 class HalfCloseProtocol(HttpToolsProtocol):
+    """Also: a request head (request line and headers) must arrive within ``header_timeout``
+    seconds of the connection opening or of the request's first byte, so slowloris connections
+    trickling header bytes are closed instead of being held forever."""
+
     _peer_eof = False
+    header_timeout: float = 30.0
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         sock = transport.get_extra_info("socket")
@@ -44,6 +50,35 @@ class HalfCloseProtocol(HttpToolsProtocol):
                 pass
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._cancel_header_timer()
+        if self.header_timeout > 0:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._header_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_late(self) -> None:
+        self._header_timer = None
+        in_flight = self.cycle is not None and not self.cycle.response_complete
+        if not in_flight and not self.transport.is_closing():
+            self.transport.close()
 
     def eof_received(self) -> bool | None:
         cycle = self.cycle
@@ -60,8 +95,10 @@ class HalfCloseProtocol(HttpToolsProtocol):
 
 
 def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
+    protocol = type("FerryHttpProtocol", (HalfCloseProtocol,),
+                    {"header_timeout": settings.header_timeout})
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
-                          http=HalfCloseProtocol, lifespan="on", access_log=False,
+                          http=protocol, lifespan="on", access_log=False,
                           timeout_graceful_shutdown=settings.shutdown_timeout,
                           log_level=settings.log_level.lower(), server_header=False)
 

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
                                "in bytes; beyond: 413")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="allowed CORS origins")
+    header_timeout: float = Field(30.0, ge=0, description="seconds a connection may take to send "
+                                  "a request's line and headers (slowloris guard; 0 disables)")
     shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may "
                                     "take to finish after SIGTERM")
     stream_store: str = Field("memory", description="resumable stream store: memory or "

@@ -8,14 +8,13 @@ import json
 import signal
 import socket
 import struct
-import threading
 import time
 
 import httpx
 import pytest
-
 from conftest import FerryServer
 from rawhttp import connect, read_all, request_bytes, split_response
+from reliability.common import rss_kib
 
 CHAT = {"messages": [{"role": "user", "content": "Count from one to twenty."}], "max_tokens": 24,
         "temperature": 0}
@@ -26,6 +25,7 @@ def test_half_closed_client_receives_the_whole_stream(server):
     s.sendall(request_bytes("POST", "/v1/chat/completions", {**CHAT, "stream": True}))
     s.shutdown(socket.SHUT_WR)
     status, headers, body = split_response(read_all(s))
+    assert headers["content-type"].startswith("text/event-stream")
     assert status == 200
     assert body.rstrip().endswith(b"data: [DONE]")
     assert body.count(b"data: ") >= 3
@@ -150,13 +150,6 @@ def test_non_streaming_request_is_cancelled_when_client_leaves(server):
     assert running(server) == 0
 
 
-def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def test_slow_reader_does_not_block_others_and_is_ended_by_send_timeout():
     srv = FerryServer("--parallel", "4", "--send-timeout", "2")
     try:
@@ -248,3 +241,32 @@ def test_sigterm_lets_the_in_flight_stream_finish_then_exits_0():
     assert b"data: [DONE]" in rest and rest.endswith(b"0\r\n\r\n"), rest[-200:]
     assert srv.proc.wait(30) == 0
     srv.stop()
+
+
+def test_slowloris_connections_are_closed_after_the_header_timeout():
+    srv = FerryServer("--header-timeout", "1")
+    try:
+        silent = connect(srv.url)
+        trickle = connect(srv.url)
+        trickle.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        t0 = time.monotonic()
+        for _ in range(4):  # keep trickling header bytes for longer than the timeout
+            time.sleep(0.5)
+            try:
+                trickle.sendall(b"a")
+            except OSError:
+                break
+        for s in (silent, trickle):
+            s.settimeout(5)
+            try:
+                assert s.recv(65536) == b"", "closed without an answer"
+            except ConnectionResetError:
+                pass
+        assert time.monotonic() - t0 < 5
+        # a request that sends its head in time is unaffected, also on a kept-alive connection
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/v1/models").status_code == 200
+            time.sleep(1.5)
+            assert c.get("/v1/models").status_code == 200
+    finally:
+        srv.stop()
