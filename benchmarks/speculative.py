@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import FerryServer, free_port
+from conftest import FerryServer, free_port, wait_healthy
 
 from ferry.bench.peers import cached_llama_server
 from ferry.engine.model import bundled_model_path
@@ -42,15 +42,7 @@ class LlamaServer:
             [str(cached_llama_server()), "-m", bundled_model_path(), "--host", "127.0.0.1",
              "--port", str(self.port), "-np", "1", "-c", "4096", "-t", "2", "--no-webui",
              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("llama-server did not start")
+        wait_healthy(self.url, self.proc, 60, lambda: "llama-server")
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -36,7 +36,7 @@ _ENGINE_COUNTERS = {
     "steps": ("ferry_engine_steps", "Engine steps that ran a batch"),
     "python_s": ("ferry_engine_python_seconds",
                  "Engine step time outside llama_decode (scheduling, sampling glue, detok)"),
-    "decode_s": ("ferry_engine_decode_seconds", "Time spent in llama_decode and sampling in C"),
+    "decode_s": ("ferry_engine_decode_seconds", "Time spent in llama_decode"),
     "spec_drafted": ("ferry_spec_draft_tokens", "Speculative tokens drafted (n-gram lookup)"),
     "spec_accepted": ("ferry_spec_accepted_tokens", "Speculative drafted tokens accepted"),
 }

@@ -60,6 +60,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_redis(proc)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, what) -> None:
+    """Poll ``url``/health until 200; fail early if ``proc`` exits. ``what()`` describes it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited: {what()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not ready: {what()}")
+
+
 class FerryServer:
     """A real `python -m ferry serve` process."""
 
@@ -81,17 +96,8 @@ class FerryServer:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ferry exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"ferry not ready: {self.log_path.read_text()[-3000:]}")
+        wait_healthy(self.url, self.proc, timeout,
+                     lambda: f"ferry: {self.log_path.read_text()[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

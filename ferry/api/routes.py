@@ -78,8 +78,7 @@ async def completions(body: CompletionRequest, request: Request):
 @router.post("/v1/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
     m = _state(request).models.get_chat(body.model)
-    text = body.content if body.content is not None else body.prompt or ""
-    tokens = m.model.tokenize(text, add_special=body.add_special, parse_special=True)
+    tokens = m.model.tokenize(body.content, add_special=body.add_special, parse_special=True)
     return {"tokens": tokens, "count": len(tokens), "max_model_len": m.engine.n_ctx_seq}
 
 

@@ -186,7 +186,6 @@ class CompletionRequest(_Sampling):
 class TokenizeRequest(_Req):
     model: str | None = None
     content: str = Field(..., description="text to tokenize (vLLM's `prompt` is accepted too)")
-    prompt: str | None = None  # vLLM's name for content
     add_special: bool = False
 
     @model_validator(mode="before")

@@ -49,7 +49,7 @@ class StepTimes:
 
     steps: int = 0
     decode_s: float = 0.0
-    python_s: float = 0.0  # step wall time minus llama_decode and sampling in C
+    python_s: float = 0.0  # step wall time minus llama_decode (sampling in C included)
     by_batch: dict[int, list[float]] = field(default_factory=dict)  # n_seqs -> [sum_py_s, count]
 
     def record(self, n_seqs: int, total: float, decode: float) -> None:
