@@ -70,7 +70,8 @@ class AppState:
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
-                            speculative=s.speculative, draft_max=s.draft_max)
+                            speculative=s.speculative, draft_max=s.draft_max,
+                            draft_model=s.draft_model)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []

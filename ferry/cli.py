@@ -31,11 +31,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse(settings_cls, args: list[str]):
+    from pydantic import ValidationError
     from pydantic_settings import CliSettingsSource
 
     source = CliSettingsSource(settings_cls, cli_prog_name="ferry serve", cli_parse_args=args,
                                cli_kebab_case=True, cli_implicit_flags=True)
-    return settings_cls(_cli_settings_source=source(args=args))
+    try:
+        return settings_cls(_cli_settings_source=source(args=args))
+    except ValidationError as e:  # a bad flag or env var: say which, no traceback
+        for err in e.errors():
+            where = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else ""
+            print(f"ferry serve: error: {where} {err['msg']}".replace("  ", " "), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

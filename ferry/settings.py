@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -43,10 +43,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(512, ge=32, description="max tokens in one llama_decode")
     prefill_chunk: int = Field(64, ge=8, description="max prompt tokens prefilled per step while "
                                "other streams are decoding")
-    speculative: Literal["none", "ngram"] = Field(
-        "none", description="speculative decoding for greedy requests: none, or ngram (prompt "
-        "lookup: drafts copied from the prompt and the text so far, verified in one decode)")
+    speculative: Literal["none", "ngram", "draft"] = Field(
+        "none", description="speculative decoding: none; ngram (prompt lookup: drafts copied "
+        "from the prompt and the text so far); draft (a smaller model, --draft-model, drafts "
+        "greedily). Drafts are verified in one decode by each request's own sampler, so greedy "
+        "and sampled output keep their distribution")
     draft_max: int = Field(8, ge=1, le=64, description="most tokens drafted per step")
+    draft_model: str | None = Field(None, description="GGUF of the draft model for --speculative "
+                                    "draft (same vocabulary as the served model)")
     chat_template: str | None = Field(None, description="jinja2 chat template overriding the "
                                       "GGUF's tokenizer.chat_template")
     api_key: Annotated[list[str], NoDecode] = Field(
@@ -83,6 +87,12 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
+
+    @model_validator(mode="after")
+    def _draft_needs_model(self) -> Settings:
+        if self.speculative == "draft" and not self.draft_model:
+            raise ValueError("--speculative draft needs --draft-model PATH")
+        return self
 
     def slot_ctx(self) -> int:
         return self.ctx_size or 2048 * self.parallel

@@ -112,3 +112,32 @@ def test_waiting_past_queue_timeout_expires():
     s.add(b)
     plan = s.schedule(now=10)
     assert plan.expired == [b] and b.finish_reason == "queue_timeout"
+
+
+def test_prompt_last_chunk_carries_a_draft_of_the_first_tokens():
+    from ferry.engine.ngram import NGramDrafter
+
+    q = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=3)
+    q.drafter = NGramDrafter(max_draft=4)
+    q.drafter.extend(q.prompt)
+    s = Scheduler(n_slots=1)
+    s.add(q)
+    (w,) = s.schedule().work
+    assert w.tokens == [*q.prompt, 8, 9] and w.draft == [8, 9] and w.n_logits == 3
+
+
+def test_draft_is_capped_by_tokens_left_and_batch_budget():
+    from ferry.engine.ngram import NGramDrafter
+
+    q = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=2)  # one token may follow the first: 1 draft
+    q.drafter = NGramDrafter(max_draft=4)
+    q.drafter.extend(q.prompt)
+    s = Scheduler(n_slots=1)
+    s.add(q)
+    assert s.schedule().work[0].draft == [8]
+    tight = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=9)
+    tight.drafter = NGramDrafter(max_draft=4)
+    tight.drafter.extend(tight.prompt)
+    s = Scheduler(n_slots=1, max_batch_tokens=9)  # 8 prompt tokens leave room for 1 draft
+    s.add(tight)
+    assert s.schedule().work[0].draft == [8]

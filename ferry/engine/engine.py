@@ -20,6 +20,7 @@ from typing import Any
 
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
+from ferry.engine.draft import DraftModel
 from ferry.engine.model import Model
 from ferry.engine.ngram import NGramDrafter
 from ferry.engine.runner import Runner, RunnerConfig
@@ -39,8 +40,9 @@ class EngineConfig:
     prefill_chunk: int = 64
     max_queue: int = 256
     queue_timeout: float | None = None
-    speculative: str = "none"  # "none" | "ngram"
+    speculative: str = "none"  # "none" | "ngram" | "draft"
     draft_max: int = 8
+    draft_model: str | None = None  # GGUF path, for speculative == "draft"
 
 
 @dataclass(slots=True)
@@ -69,6 +71,12 @@ class Engine:
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
                                    self.n_ctx_seq)
+        self.draft: DraftModel | None = None
+        if cfg.speculative == "draft":
+            if not cfg.draft_model:
+                raise ValueError("--speculative draft needs --draft-model")
+            self.draft = DraftModel(Model(cfg.draft_model), model,
+                                    RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
         self.times = StepTimes()
         self.tokens_generated = 0
         self.spec_drafted = 0
@@ -96,6 +104,8 @@ class Engine:
         if self._thread:
             self._thread.join(timeout=10)
         self.runner.close()
+        if self.draft is not None:
+            self.draft.close()
 
     # ---- asyncio side ----------------------------------------------------------------------
     @property
@@ -142,38 +152,51 @@ class Engine:
     def step(self) -> None:
         t0 = time.perf_counter()
         while self._inbox:
-            self.scheduler.add(self._inbox.popleft())
+            seq = self._inbox.popleft()
+            self._prepare(seq)
+            self.scheduler.add(seq)
+        decode_s = 0.0
+        if self.draft is not None:
+            td = time.perf_counter()
+            self.draft.prepare([s for s in self.scheduler.running
+                                if s.drafter is not None and not s.in_prefill and not s.cancelled])
+            decode_s = time.perf_counter() - td
         plan = self.scheduler.schedule(time.monotonic())
         out: list[tuple[Callable[[Output], None], Output]] = []
         for seq in plan.cancelled:
-            self._release(seq)
             out.append((seq.sink, self._final(seq, "", "cancelled")))
+            self._release(seq)
         for seq in plan.expired:
             out.append((seq.sink, self._final(seq, "", "queue_timeout")))
+            self._release(seq)
         for w in plan.work:
-            if w.seq.sampler is None:
-                self._prepare(w.seq)
-        decode_s = 0.0
+            if w.seq.detok is None:
+                self._admitted(w.seq)
         if plan.work:
             td = time.perf_counter()
             rows = self.runner.run(plan)
-            decode_s = time.perf_counter() - td
+            decode_s += time.perf_counter() - td
             self._postprocess(plan, rows, out)
         self._deliver(out)
         if plan.work:
             self.times.record(len(plan.work), time.perf_counter() - t0, decode_s)
 
     def _prepare(self, seq: Sequence) -> None:
+        """Sampler, constraint and drafter, made before the sequence is queued (engine thread)."""
         seq.sampler = sampling.make_sampler(seq.params, self.model.n_vocab)
-        seq.detok = TextAssembler(seq.params.stop)
         if seq.params.constraint is not None:
             seq.constraint = seq.params.constraint()
-        # Prompt-lookup speculation for greedy requests: verifying a draft against the argmax is
-        # exact; sampled requests do not speculate, so their distribution is untouched.
-        if (self.cfg.speculative == "ngram" and seq.params.speculative
-                and seq.params.temperature <= 0.0):
+        # Drafts are verified by the request's own sampler, one draw per emitted token, which is
+        # exact for greedy and sampled requests alike (speculative.py explains why).
+        if seq.params.speculative and self.cfg.speculative == "ngram":
             seq.drafter = NGramDrafter(self.cfg.draft_max)
             seq.drafter.extend(seq.prompt)
+        elif seq.params.speculative and self.draft is not None:
+            seq.drafter = self.draft.drafter(self.cfg.draft_max)
+
+    def _admitted(self, seq: Sequence) -> None:
+        """First step with a slot: prefix-cache accounting is known now."""
+        seq.detok = TextAssembler(seq.params.stop)
         self.tokens_prompt += len(seq.prompt) - seq.num_cached
         if self.observer is not None:
             self.observer.queue.observe(time.monotonic() - seq.arrival)
@@ -213,8 +236,8 @@ class Engine:
                 if self.observer is not None:
                     self.observer.e2e.observe(now - seq.arrival)
                 self.scheduler.finish(seq, finish)
-                self._release(seq)
                 out.append((seq.sink, self._final(seq, text, finish, lps or None, toks)))
+                self._release(seq)
             else:
                 out.append((seq.sink, Output(text, toks, lps or None, None, len(seq.prompt),
                                              len(seq.generated), seq.num_cached)))
@@ -257,14 +280,19 @@ class Engine:
         return tok, lp, text, None
 
     def _final(self, seq: Sequence, text: str, reason: str, lp=None, toks=None) -> Output:
-        return Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
-                      seq.num_cached)
+        o = Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
+                   seq.num_cached)
+        if seq.drafter is not None:
+            o.num_drafted_tokens = seq.drafter.policy.total_drafted
+            o.num_accepted_tokens = seq.drafter.policy.total_accepted
+        return o
 
     def _release(self, seq: Sequence) -> None:
         sampling.free_sampler(seq.sampler)
         self._last_token.pop(seq.id, None)
         seq.sampler = None
         seq.constraint = None
+        seq.drafter = None
 
     def _fail_all(self, message: str) -> None:
         out = []
@@ -276,6 +304,8 @@ class Engine:
             out.append((seq.sink, o))
         for slot in range(self.cfg.n_slots):
             self.runner.clear_slot(slot)
+            if self.draft is not None:
+                self.draft.clear(slot)
             self.scheduler.slot_tokens[slot] = []
         self._deliver(out)
 

@@ -94,7 +94,7 @@ class Scheduler:
         decoding = [s for s in self.running if not s.in_prefill]
         spare = budget - len(decoding)  # drafts only use what one token per sequence leaves
         for seq in decoding:
-            draft = self._draft(seq)[:max(spare, 0)] if seq.drafter is not None else []
+            draft = self._draft(seq, seq.num_computed + 1, spare)
             spare -= len(draft)
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
@@ -107,18 +107,22 @@ class Scheduler:
             n = min(len(seq.prompt) - seq.num_computed, chunk_cap, budget)
             toks = seq.prompt[seq.num_computed: seq.num_computed + n]
             done = seq.num_computed + n == len(seq.prompt)
-            plan.work.append(Work(seq, toks, seq.num_computed, done))
-            budget -= n
+            # the prompt's last chunk may carry a draft of the first tokens (verified like any other)
+            draft = self._draft(seq, seq.num_computed + n, budget - n) if done else []
+            plan.work.append(Work(seq, toks + draft, seq.num_computed, done, draft))
+            budget -= n + len(draft)
             chunk_cap -= n
             if chunk_cap <= 0:
                 break
         self.stats.steps += 1
         return plan
 
-    def _draft(self, seq: Sequence) -> list[int]:
-        """Speculative tokens for ``seq``, capped by what it may still generate and hold."""
-        room = min(seq.max_tokens - len(seq.generated) - 1,
-                   self.n_ctx_seq - seq.num_computed - 2)
+    def _draft(self, seq: Sequence, pos: int, spare: int) -> list[int]:
+        """Speculative tokens for ``seq`` to decode from position ``pos`` on, capped by what it may
+        still generate and hold, and by the ``spare`` batch budget."""
+        if seq.drafter is None or spare <= 0:
+            return []
+        room = min(seq.max_tokens - len(seq.generated) - 1, self.n_ctx_seq - pos - 1, spare)
         return seq.drafter.propose()[:max(room, 0)]
 
     def finish(self, seq: Sequence, reason: str) -> None:

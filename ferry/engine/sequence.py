@@ -36,7 +36,7 @@ class SamplingParams:
     top_logprobs: int = 0
     # Factory of a per-sequence token constraint (structured outputs); None = free text.
     constraint: Callable[[], Any] | None = None
-    speculative: bool = True  # allow prompt-lookup speculation if the server enables it
+    speculative: bool = True  # allow speculative decoding if the server enables it
 
 
 class Status(enum.Enum):
@@ -65,6 +65,9 @@ class Output:
     num_completion_tokens: int
     num_cached_tokens: int
     error: str | None = None
+    # speculative tokens drafted for / accepted into this sequence (set on the final Output only)
+    num_drafted_tokens: int = 0
+    num_accepted_tokens: int = 0
 
 
 class Sequence:

@@ -27,6 +27,7 @@ class Generation:
         self.prompt_tokens = sum(len(p) for p in prompts)
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.drafted_tokens = self.accepted_tokens = 0  # speculative decoding
         try:
             for i, prompt in enumerate(prompts):
                 for j in range(n):
@@ -60,6 +61,8 @@ class Generation:
                     self._open -= 1
                     self.completion_tokens += out.num_completion_tokens
                     self.cached_tokens += out.num_cached_tokens
+                    self.drafted_tokens += out.num_drafted_tokens
+                    self.accepted_tokens += out.num_accepted_tokens
                     if out.finish_reason == "queue_timeout":
                         raise QueueTimeout("the request waited in the queue longer than the "
                                            "queue timeout")
@@ -71,9 +74,17 @@ class Generation:
                 self.cancel()
 
     def usage(self) -> dict:
-        return {
+        """OpenAI usage. Speculative drafts are reported in the spec's prediction fields:
+        ``accepted_prediction_tokens`` drafted tokens that were kept, ``rejected_prediction_tokens``
+        those that were not (present only when the request speculated)."""
+        usage = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
+        if self.drafted_tokens:
+            usage["completion_tokens_details"] = {
+                "accepted_prediction_tokens": self.accepted_tokens,
+                "rejected_prediction_tokens": self.drafted_tokens - self.accepted_tokens}
+        return usage
