@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+from test_scheduler import fake_run, seq
 
 from ferry.engine.scheduler import Scheduler
 from ferry.engine.sequence import ImageSpan, SamplingParams, Sequence
-from test_scheduler import fake_run, seq
 
 
 def image_seq(prompt: list[int], start: int, n: int) -> Sequence:

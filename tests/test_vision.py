@@ -9,11 +9,11 @@ import base64
 import httpx
 import openai
 import pytest
-
 from conftest import FerryServer
-from ferry.vision.testing import n_image_tokens, png_bytes, write_mmproj
 from test_concurrency import one
 from test_errors import check
+
+from ferry.vision.testing import n_image_tokens, png_bytes, write_mmproj
 
 RED = png_bytes(40, 30, (220, 20, 20))
 NOISE = png_bytes(64, 48, seed=7)

@@ -150,6 +150,8 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
     else:
         prompt, spans = cm.projector.tokenize(text, images)
         _check_images(spans, images, cm.engine.cfg.n_batch)
+        if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
+            raise InvalidRequest("the rendered prompt ends with an image", param="messages")
     max_tokens = req.max_completion_tokens or req.max_tokens
     mt = budget(len(prompt), max_tokens, cm.engine.n_ctx_seq)
     params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs,
