@@ -7,6 +7,7 @@ once ready. Mountable inside another ASGI app.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -38,6 +39,7 @@ from ferry.services.resumable import StreamSessions, encoded
 from ferry.settings import Settings
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id, make_store
+from ferry.vision.images import ImagePolicy
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class AppState:
             embedding_concurrency=settings.embedding_concurrency,
             embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
+        self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -84,6 +87,11 @@ class AppState:
     def specs(self) -> list[ModelSpec]:
         """--model entries, then --models-config entries, then the bundled embedding model."""
         specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
+        if self.settings.mmproj:
+            if not specs:
+                raise ValueError("--mmproj needs a chat model (--model); in --models-config "
+                                 "give the model an mmproj key")
+            specs[0] = dataclasses.replace(specs[0], mmproj=self.settings.mmproj)
         if self.settings.models_config:
             specs += load_models_config(self.settings.models_config)
         if not any(s.kind == "embedding" for s in specs):

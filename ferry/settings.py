@@ -53,6 +53,13 @@ class Settings(BaseSettings):
                                     "draft (same vocabulary as the served model)")
     chat_template: str | None = Field(None, description="jinja2 chat template overriding the "
                                       "GGUF's tokenizer.chat_template")
+    mmproj: str | None = Field(None, description="multimodal projector GGUF (llama.cpp mtmd) for "
+                               "the default chat model: its chats accept image_url parts")
+    allow_image_urls: bool = Field(False, description="fetch http(s) image URLs in chats (the "
+                                   "server makes requests on clients' behalf); default: data: "
+                                   "URIs only")
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest image in a chat, "
+                                 "decoded; beyond: 413")
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API key; repeatable (env: comma-separated)")
     max_n: int = Field(16, ge=1, description="largest accepted `n`")

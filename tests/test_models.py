@@ -191,6 +191,8 @@ def test_models_config_accepts_a_list_or_a_models_key(tmp_path):
                                            ModelSpec("e", "/m/e", "embedding", None, 3)]
     p.write_text("models:\n  - {alias: w, path: /m/w, kind: transcription}\n")
     assert load_models_config(str(p))[0].kind == "transcription"
+    p.write_text("- {path: /m/v.gguf, mmproj: /m/v-mmproj.gguf}\n")
+    assert load_models_config(str(p))[0].mmproj == "/m/v-mmproj.gguf"
 
 
 @pytest.mark.parametrize(("text", "words"), [
@@ -200,6 +202,7 @@ def test_models_config_accepts_a_list_or_a_models_key(tmp_path):
     ("- {path: /a, ctx_size: 0}\n", "ctx_size must be a positive integer"),
     ("- {path: /a, parallel: true}\n", "parallel must be a positive integer"),
     ("- [unclosed\n", "cannot read"),
+    ("- {path: /e, kind: embedding, mmproj: /p}\n", "mmproj must be a path, on a chat model"),
 ])
 def test_bad_models_config_names_the_problem(tmp_path, text, words):
     from ferry.services.models import load_models_config

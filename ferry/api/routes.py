@@ -56,7 +56,7 @@ def _check_n(state, n: int) -> None:
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = _state(request)
     _check_n(state, body.n)
-    job = svc.prepare_chat(body, state.models.get_chat(body.model))
+    job = await svc.prepare_chat_async(body, state.models.get_chat(body.model), state.images)
     gen = job.start()
     if body.stream:
         return await state.stream_response(request, svc.chat_stream(job, gen), gen)

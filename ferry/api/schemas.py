@@ -69,13 +69,15 @@ class Message(_Req):
             raise ValueError("a tool message needs tool_call_id")
         return self
 
-    def text(self) -> str:
+    def text(self, image: str = "") -> str:
+        """The content as text; each image part becomes ``image`` (a projector's marker)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text if isinstance(p, TextPart) else
-                       p.refusal if isinstance(p, RefusalPart) else "" for p in self.content)
+                       p.refusal if isinstance(p, RefusalPart) else
+                       image if isinstance(p, ImagePart) else "" for p in self.content)
 
     def has_image(self) -> bool:
         return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)

@@ -25,7 +25,7 @@ from ferry.engine.model import Model
 from ferry.engine.ngram import NGramDrafter
 from ferry.engine.runner import Runner, RunnerConfig
 from ferry.engine.scheduler import Scheduler, StepPlan
-from ferry.engine.sequence import Output, SamplingParams, Sequence
+from ferry.engine.sequence import ImageSpan, Output, SamplingParams, Sequence
 from ferry.errors import Overloaded
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,9 @@ class Engine:
         return self.scheduler.num_running
 
     def submit(self, prompt: list[int], params: SamplingParams, max_tokens: int,
-               sink: Callable[[Output], None]) -> Sequence:
-        """Queue one sequence; ``sink`` is called on the event loop with each Output."""
+               sink: Callable[[Output], None], images: tuple[ImageSpan, ...] = ()) -> Sequence:
+        """Queue one sequence; ``sink`` is called on the event loop with each Output.
+        ``images``: prompt spans given as embeddings, already encoded (see Sequence)."""
         # queued = sequences that will not get a slot at the next step (read without a lock:
         # off by one at worst, and only at the boundary)
         queued = self.num_waiting - len(self.scheduler.free_slots)
@@ -127,7 +128,7 @@ class Engine:
                              headers={"Retry-After": "1"})
         if params.ignore_eos:
             params.logit_bias = {**self._eog_bias, **params.logit_bias}
-        seq = Sequence(prompt, params, max_tokens, sink, arrival=time.monotonic())
+        seq = Sequence(prompt, params, max_tokens, sink, arrival=time.monotonic(), images=images)
         self._inbox.append(seq)
         self._wake.set()
         return seq

@@ -64,6 +64,7 @@ class Model:
         self.vocab = ll.llama_model_get_vocab(self.ptr)
         self.n_vocab: int = ll.llama_vocab_n_tokens(self.vocab)
         self.n_ctx_train: int = ll.llama_model_n_ctx_train(self.ptr)
+        self.n_embd: int = ll.llama_model_n_embd(self.ptr)
         self.bos_id: int = ll.llama_vocab_bos(self.vocab)
         self.eos_id: int = ll.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(ll.llama_vocab_get_add_bos(self.vocab))

@@ -6,6 +6,10 @@ Invariants:
   attention for one sequence never scans another's cells.
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
+- Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
+  per ``llama_decode`` with an embeddings batch (the whole image in one ubatch, never asking for
+  logits), then the step's token batch. A non-causal image switches causal attention off for its
+  own decode only.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import llama_cpp as ll
 import numpy as np
 
 from ferry.engine.model import Model
-from ferry.engine.scheduler import StepPlan
+from ferry.engine.scheduler import StepPlan, Work
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,34 @@ class Runner:
         self._nseq = self.batch.n_seq_id
         self._seq = self.batch.seq_id
         self._lg = self.batch.logits
+        self._embd_batch: ll.llama_batch | None = None  # made on the first image
+
+    def _decode_image(self, w: Work) -> None:
+        image = w.image
+        assert image is not None and w.seq.slot is not None
+        n, n_embd = image.embd.shape  # embd: [n_tokens, n_embd] float32
+        if n > self.n_batch:
+            raise DecodeError(f"an image of {n} tokens does not fit one batch of {self.n_batch}")
+        if self._embd_batch is None:
+            self._embd_batch = ll.llama_batch_init(self.n_batch, self.model.n_embd, 1)
+        b = self._embd_batch
+        assert n_embd == self.model.n_embd and image.embd.flags.c_contiguous
+        ctypes.memmove(b.embd, image.embd.ctypes.data, image.embd.nbytes)
+        for i in range(n):
+            b.pos[i] = w.pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = w.seq.slot
+            b.logits[i] = 0
+        b.n_tokens = n
+        if not image.causal:
+            ll.llama_set_causal_attn(self.ctx, False)
+        try:
+            rc = ll.llama_decode(self.ctx, b)
+        finally:
+            if not image.causal:
+                ll.llama_set_causal_attn(self.ctx, True)
+        if rc != 0:
+            raise DecodeError(f"llama_decode (image embeddings) returned {rc}")
 
     def trim(self, slot: int, keep: int) -> None:
         """Drop slot's KV cells from position ``keep`` on."""
@@ -79,6 +111,9 @@ class Runner:
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg
         for w in plan.work:
+            if w.image is not None:
+                self._decode_image(w)
+                continue
             slot = w.seq.slot
             p = w.pos
             for t in w.tokens:
@@ -113,5 +148,7 @@ class Runner:
     def close(self) -> None:
         if self.ctx:
             ll.llama_batch_free(self.batch)
+            if self._embd_batch is not None:
+                ll.llama_batch_free(self._embd_batch)
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -12,6 +12,11 @@ Invariants:
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
+- An image span (``Sequence.images``) is never split: it is one Work item (``image`` set) of its
+  own, scheduled when it fits the step's budget or is the step's first prefill item (so it always
+  progresses; the runner decodes it in a batch of its own). Prefix reuse stops at a prompt's first
+  image: a released slot keeps its tokens only up to there, and admission never reuses past it
+  (placeholder ids say nothing about which image was decoded).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ferry.engine.sequence import Sequence, Status
+from ferry.engine.sequence import ImageSpan, Sequence, Status
 
 
 @dataclass(slots=True)
@@ -29,6 +34,7 @@ class Work:
     pos: int  # position of tokens[0] in the sequence
     logits: bool  # the last token's logits are needed (decode, or the prompt's last chunk)
     draft: list[int] = field(default_factory=list)  # speculative tokens (the tail of `tokens`)
+    image: ImageSpan | None = None  # `tokens` are this image's placeholders; decode its embeddings
 
     @property
     def n_logits(self) -> int:
@@ -99,18 +105,28 @@ class Scheduler:
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
         chunk_cap = self.prefill_chunk if decoding else budget
+        first = True
         for seq in self.running:
             if budget <= 0:
                 break
             if not seq.in_prefill:
                 continue
-            n = min(len(seq.prompt) - seq.num_computed, chunk_cap, budget)
-            toks = seq.prompt[seq.num_computed: seq.num_computed + n]
-            done = seq.num_computed + n == len(seq.prompt)
-            # the prompt's last chunk may carry a draft of the first tokens (verified like any other)
-            draft = self._draft(seq, seq.num_computed + n, budget - n) if done else []
-            plan.work.append(Work(seq, toks + draft, seq.num_computed, done, draft))
-            budget -= n + len(draft)
+            pos = seq.num_computed
+            image = seq.image_at(pos)
+            if image is not None:
+                if image.n_tokens > budget and not first:
+                    continue  # never split an image; it goes first in a later step
+                n = image.n_tokens
+                plan.work.append(Work(seq, seq.prompt[pos:pos + n], pos, False, image=image))
+                budget -= n
+            else:
+                n = min(seq.text_until(pos) - pos, chunk_cap, budget)
+                done = pos + n == len(seq.prompt)
+                # the prompt's last chunk may carry a draft of the first tokens (verified as usual)
+                draft = self._draft(seq, pos + n, budget - n) if done else []
+                plan.work.append(Work(seq, seq.prompt[pos:pos + n] + draft, pos, done, draft))
+                budget -= n + len(draft)
+            first = False
             chunk_cap -= n
             if chunk_cap <= 0:
                 break
@@ -140,7 +156,8 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         slot = seq.slot
         assert slot is not None
-        self.slot_tokens[slot] = seq.all_tokens[: seq.num_computed]
+        keep = seq.images[0].start if seq.images else seq.num_computed
+        self.slot_tokens[slot] = seq.all_tokens[: min(keep, seq.num_computed)]
         self._clock += 1
         self._slot_age[slot] = self._clock
         self.free_slots.append(slot)
@@ -164,6 +181,8 @@ class Scheduler:
             slot, k = self._best_slot(seq.prompt)
             self.free_slots.remove(slot)
             k = min(k, len(seq.prompt) - 1)  # always compute >= 1 prompt token to get logits
+            if seq.images:
+                k = min(k, seq.images[0].start)
             plan.trims.append((slot, k))
             self.slot_tokens[slot] = self.slot_tokens[slot][:k]
             seq.slot = slot

@@ -5,6 +5,9 @@ Invariants:
 - A sequence owns its slot from admission until it finishes; the scheduler alone moves it between
   the waiting and running queues and releases the slot.
 - ``cancelled`` may be set from any thread; the engine acts on it at the start of its next step.
+- ``images`` are spans of the prompt given as ready-made embeddings (a multimodal projector's
+  output, computed before submission): ``prompt[span.start:span.end]`` holds placeholder ids so
+  lengths and positions line up; spans are sorted, disjoint, and never end the prompt.
 """
 
 from __future__ import annotations
@@ -37,6 +40,25 @@ class SamplingParams:
     # Factory of a per-sequence token constraint (structured outputs); None = free text.
     constraint: Callable[[], Any] | None = None
     speculative: bool = True  # allow speculative decoding if the server enables it
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSpan:
+    """One image in a prompt: ``embd`` ([n_tokens, n_embd] float32, C-contiguous) is decoded in
+    place of the placeholder tokens at ``start``..``end``. ``causal`` False: the projector wants
+    non-causal attention inside the image (mtmd_decode_use_non_causal)."""
+
+    start: int
+    embd: Any  # numpy.ndarray [n_tokens, n_embd] float32
+    causal: bool = True
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.embd.shape[0])
+
+    @property
+    def end(self) -> int:
+        return self.start + self.n_tokens
 
 
 class Status(enum.Enum):
@@ -83,6 +105,7 @@ class Sequence:
         "first_token_time",
         "generated",
         "id",
+        "images",
         "max_tokens",
         "num_cached",
         "num_computed",
@@ -95,9 +118,13 @@ class Sequence:
     )
 
     def __init__(self, prompt: list[int], params: SamplingParams, max_tokens: int,
-                 sink: Callable[[Output], None], arrival: float = 0.0) -> None:
+                 sink: Callable[[Output], None], arrival: float = 0.0,
+                 images: tuple[ImageSpan, ...] = ()) -> None:
         self.id = next(_ids)
         self.prompt = prompt
+        self.images = images
+        assert all(a.end <= b.start for a, b in itertools.pairwise(images)), images
+        assert not images or images[-1].end < len(prompt), "a prompt must not end in an image"
         self.params = params
         self.sink = sink
         self.max_tokens = max_tokens
@@ -122,6 +149,14 @@ class Sequence:
     @property
     def in_prefill(self) -> bool:
         return self.num_computed < len(self.prompt)
+
+    def image_at(self, pos: int) -> ImageSpan | None:
+        """The image that starts at prompt position ``pos``, if any."""
+        return next((im for im in self.images if im.start == pos), None)
+
+    def text_until(self, pos: int) -> int:
+        """Where the text run starting at ``pos`` ends: the next image's start, or the prompt's end."""
+        return next((im.start for im in self.images if im.start >= pos), len(self.prompt))
 
     @property
     def all_tokens(self) -> list[int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ferry import __version__
 from ferry.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
-from ferry.engine.sequence import SamplingParams, TokenLogprob
+from ferry.engine.sequence import ImageSpan, SamplingParams, TokenLogprob
 from ferry.errors import ContextTooLong, InvalidRequest
 from ferry.services.generation import Generation
 from ferry.services.models import ChatModel
@@ -24,6 +24,7 @@ from ferry.sse import DONE, Event
 from ferry.structured import tools
 from ferry.structured.constraint import compile_json_schema, constraint_for_response_format
 from ferry.structured.vocab import TokenVocab
+from ferry.vision.images import ImageInput, ImagePolicy, load_images
 
 FINGERPRINT = f"fp_ferry_{__version__.replace('.', '')}"
 
@@ -82,10 +83,11 @@ class ChatJob:
     params: SamplingParams
     max_tokens: int
     tools: bool = False
+    images: tuple[ImageSpan, ...] = ()  # encoded images in `prompt` (placeholders there)
 
     def start(self) -> Generation:
         return Generation(self.model.engine, [self.prompt], self.params, self.req.n,
-                          [self.max_tokens])
+                          [self.max_tokens], self.images)
 
 
 def _token_vocab(model) -> TokenVocab:
@@ -95,16 +97,30 @@ def _token_vocab(model) -> TokenVocab:
     return vocab
 
 
-def prepare_chat(req: ChatCompletionRequest, cm: ChatModel) -> ChatJob:
+async def prepare_chat_async(req: ChatCompletionRequest, cm: ChatModel,
+                             policy: ImagePolicy) -> ChatJob:
+    """``prepare_chat``; a chat with images on a model with a projector has its images loaded
+    here and is rendered, tokenised and encoded in the projector's worker thread."""
+    if cm.projector is None or not any(m.has_image() for m in req.messages):
+        return prepare_chat(req, cm)
+    images = await load_images(req.messages, policy)
+    return await cm.projector.prepare(prepare_chat, req, cm, images)
+
+
+def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
+                 images: list[ImageInput] | None = None) -> ChatJob:
+    """``images``: the chat's images in order (only with ``cm.projector``; call this off the
+    event loop then: it encodes them)."""
+    marker = cm.projector.marker if images is not None else ""
     messages = []
     for i, m in enumerate(req.messages):
-        if m.has_image():
+        if m.has_image() and images is None:
             raise InvalidRequest(f"model {cm.id!r} cannot see images: it was not served with a "
                                  "multimodal projector (--mmproj)", param=f"messages.{i}.content")
         if m.has_audio():
             raise InvalidRequest(f"model {cm.id!r} cannot hear audio input",
                                  param=f"messages.{i}.content")
-        msg = {"role": m.role, "content": m.text()}
+        msg = {"role": m.role, "content": m.text(marker)}
         if m.tool_calls:
             msg["tool_calls"] = [tc.model_dump() for tc in m.tool_calls]
         if m.tool_call_id:
@@ -128,13 +144,29 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel) -> ChatJob:
     elif req.response_format is not None:
         constraint = constraint_for_response_format(req.response_format, _token_vocab(cm.model))
     text = cm.require_template().render(messages, add_generation_prompt=True)
-    prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
+    spans: tuple[ImageSpan, ...] = ()
+    if images is None:
+        prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
+    else:
+        prompt, spans = cm.projector.tokenize(text, images)
+        _check_images(spans, images, cm.engine.cfg.n_batch)
+        if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
+            raise InvalidRequest("the rendered prompt ends with an image", param="messages")
     max_tokens = req.max_completion_tokens or req.max_tokens
     mt = budget(len(prompt), max_tokens, cm.engine.n_ctx_seq)
     params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs,
                              top_logprobs=req.top_logprobs or 0, max_tokens=max_tokens)
     params.constraint = constraint
-    return ChatJob(req, cm, prompt, params, mt, tools=use_tools and constraint is not None)
+    return ChatJob(req, cm, prompt, params, mt, tools=use_tools and constraint is not None,
+                   images=spans)
+
+
+def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batch: int) -> None:
+    """An image is decoded in one batch, so it may not have more tokens than a batch holds."""
+    for span, im in zip(spans, images):  # one span per image (no tiling projectors here)
+        if span.n_tokens > n_batch:
+            raise InvalidRequest(f"the image takes {span.n_tokens} tokens, more than one batch "
+                                 f"holds ({n_batch}, --batch-size)", param=im.param)
 
 
 def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | None]:

@@ -13,13 +13,14 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from ferry.engine.engine import Engine
-from ferry.engine.sequence import Output, SamplingParams, Sequence
+from ferry.engine.sequence import ImageSpan, Output, SamplingParams, Sequence
 from ferry.errors import FerryError, InternalError, QueueTimeout
 
 
 class Generation:
     def __init__(self, engine: Engine, prompts: list[list[int]], params: SamplingParams, n: int,
-                 max_tokens: list[int]) -> None:
+                 max_tokens: list[int], images: tuple[ImageSpan, ...] = ()) -> None:
+        """``images``: embedding spans of the (single) prompt, for chats with images."""
         self.engine = engine
         self.prompts = prompts
         self._q: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
@@ -38,7 +39,8 @@ class Generation:
                                                 logit_bias=dict(params.logit_bias))
                     idx = i * n + j
                     self.seqs.append(engine.submit(prompt, p, max_tokens[i],
-                                                   lambda o, idx=idx: self._q.put_nowait((idx, o))))
+                                                   lambda o, idx=idx: self._q.put_nowait((idx, o)),
+                                                   images))
         except FerryError:
             self.cancel()
             raise

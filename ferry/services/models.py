@@ -47,6 +47,7 @@ class ModelSpec:
     ctx_size: int | None = None  # total KV cells (chat); None = the server's --ctx-size
     parallel: int | None = None  # slots (chat) or concurrent forwards (embedding)
     chat_template: str | None = None
+    mmproj: str | None = None  # multimodal projector (chat): image_url parts are accepted
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ChatModel:
     engine: Engine
     template: ChatTemplate | None
     created: int = field(default_factory=lambda: int(time.time()))
+    projector: Any = None  # ferry.vision.Projector when served with an mmproj; None = text only
 
     @property
     def model(self) -> Model:
@@ -103,7 +105,11 @@ def load_models_config(path: str) -> list[ModelSpec]:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{path}: model {i}: {name} must be a positive integer")
         alias = str(entry.get("alias") or model_id_for(entry["path"]))
-        specs.append(ModelSpec(alias, entry["path"], kind, ctx, par, entry.get("chat_template")))
+        mmproj = entry.get("mmproj")
+        if mmproj is not None and (kind != "chat" or not isinstance(mmproj, str)):
+            raise ValueError(f"{path}: model {i}: mmproj must be a path, on a chat model")
+        specs.append(ModelSpec(alias, entry["path"], kind, ctx, par, entry.get("chat_template"),
+                               mmproj))
     return specs
 
 
@@ -311,7 +317,7 @@ class ModelRegistry:
         template = ChatTemplate(source, model.bos_text, model.eos_text) if source else None
         log.info("loaded %s from %s (n_ctx_seq=%d, slots=%d)", spec.id, spec.path,
                  engine.n_ctx_seq, cfg.n_slots)
-        return ChatModel(spec.id, spec.path, engine, template)
+        return ChatModel(spec.id, spec.path, engine, template, projector=_projector(spec, model, cfg))
 
     async def start(self) -> None:
         """Load the default chat model; then ``ready``."""
@@ -333,9 +339,21 @@ class ModelRegistry:
         return "loaded" if s.loaded is not None else "unloaded"
 
 
+def _projector(spec: ModelSpec, model: Model, cfg: EngineConfig) -> Any:
+    if spec.mmproj is None:
+        return None
+    from ferry.vision.projector import Projector
+
+    projector = Projector(spec.mmproj, model, n_threads=cfg.n_threads)
+    log.info("loaded projector %s for %s", spec.mmproj, spec.id)
+    return projector
+
+
 def _close(runtime: ChatModel | EmbeddingRuntime | None) -> None:
     if isinstance(runtime, ChatModel):
         runtime.engine.stop()
+        if runtime.projector is not None:
+            runtime.projector.close()
         runtime.model.close()
     elif isinstance(runtime, EmbeddingRuntime):
         runtime.model.close()
