@@ -74,3 +74,21 @@ def test_logit_bias_changes_the_output(client):
     tok_id = client.post("/tokenize", body={"content": first.token}, cast_to=object)
     banned = chat(client, temperature=0, max_tokens=8, logit_bias={str(tok_id["tokens"][0]): -100})
     assert banned.choices[0].message.content != base.choices[0].message.content
+
+
+def test_banned_greedy_token_gives_the_runner_up(client):
+    """The engine's own argmax falls back to llama.cpp's chain when the argmax is a biased token:
+    the first token becomes the second-best one of the unbiased distribution."""
+    base = chat(client, temperature=0, max_tokens=1, logprobs=True, top_logprobs=2)
+    best, second = base.choices[0].logprobs.content[0].top_logprobs[:2]
+    tok_id = client.post("/tokenize", body={"content": best.token}, cast_to=object)["tokens"][0]
+    banned = chat(client, temperature=0, max_tokens=1, logit_bias={str(tok_id): -100})
+    assert banned.choices[0].message.content == second.token
+
+
+def test_greedy_argmax_shortcut_matches_llama_cpp_greedy_sampler(client):
+    # a presence penalty of 1e-9 cannot move a float32 logit, but it sends the request through
+    # llama.cpp's sampler chain instead of the engine's numpy argmax
+    fast = chat(client, temperature=0, max_tokens=64, logit_bias={"0": -1}).choices[0]
+    chain = chat(client, temperature=0, max_tokens=64, presence_penalty=1e-9).choices[0]
+    assert fast.message.content == chain.message.content

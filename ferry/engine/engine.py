@@ -185,6 +185,7 @@ class Engine:
     def _prepare(self, seq: Sequence) -> None:
         """Sampler, constraint and drafter, made before the sequence is queued (engine thread)."""
         seq.sampler = sampling.make_sampler(seq.params, self.model.n_vocab)
+        seq.greedy_argmax = sampling.argmax_is_exact(seq.params)
         if seq.params.constraint is not None:
             seq.constraint = seq.params.constraint()
         # Drafts are verified by the request's own sampler, one draw per emitted token, which is
@@ -261,7 +262,12 @@ class Engine:
         logits = self.runner.logits(row) if (c is not None or seq.params.logprobs) else None
         if c is not None:
             c.apply(logits)
-        tok = self.runner.sample(seq.sampler, row)
+        if seq.greedy_argmax:
+            tok = int((self.runner.logits(row) if logits is None else logits).argmax())
+            if tok in seq.params.logit_bias:  # a negative bias may demote it: the chain decides
+                tok = self.runner.sample(seq.sampler, row)
+        else:
+            tok = self.runner.sample(seq.sampler, row)
         if c is not None:
             c.accept(tok)
         lp = None

@@ -53,6 +53,16 @@ def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
     return chain
 
 
+def argmax_is_exact(params: SamplingParams) -> bool:
+    """True when the chain reduces to greedy over logits with only non-positive biases, so the
+    engine may take ``argmax(logits)`` itself (5 µs in numpy against 77 µs for llama.cpp's chain,
+    which copies all 49,152 candidates) and fall back to the chain only when the argmax is a biased
+    token. Ties resolve to the lowest id in both, so the token is the same."""
+    return (params.temperature <= 0.0 and params.repeat_penalty == 1.0
+            and params.frequency_penalty == 0.0 and params.presence_penalty == 0.0
+            and params.constraint is None and all(b <= 0 for b in params.logit_bias.values()))
+
+
 def free_sampler(chain: ll.llama_sampler_p | None) -> None:
     if chain:
         ll.llama_sampler_free(chain)

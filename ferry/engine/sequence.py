@@ -104,6 +104,7 @@ class Sequence:
         "finish_reason",
         "first_token_time",
         "generated",
+        "greedy_argmax",
         "id",
         "images",
         "max_tokens",
@@ -140,6 +141,7 @@ class Sequence:
         self.detok: Any = None
         self.arrival = arrival
         self.first_token_time: float | None = None
+        self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
         self.drafter: Any = None  # NGramDrafter when this sequence speculates
 
     @property
