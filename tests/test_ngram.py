@@ -26,8 +26,20 @@ def test_no_repeat_no_draft():
 
 
 def test_low_acceptance_pauses_drafting():
-    d = NGramDrafter(max_draft=4, sizes=(2,), window=8, min_rate=0.5, cooldown=3)
+    d = NGramDrafter(max_draft=4, sizes=(2,), window=8, cooldown=3)
     d.extend([1, 2, 3, 1, 2, 3, 1, 2])
     d.record(8, 0)
     assert [d.propose() for _ in range(3)] == [[], [], []]
     assert d.propose() != []
+
+
+def test_drafting_goes_on_while_it_yields_more_tokens_than_it_costs():
+    from ferry.engine.speculative import DraftPolicy
+
+    p = DraftPolicy(max_draft=8, window=16, token_cost=0.5, cooldown=3)
+    p.record(8, 6)  # 7 tokens for the cost of 5 decodes
+    p.record(8, 2)  # 3 for 5: over the window 10 tokens for 10, not a loss
+    assert not p.paused()
+    p.record(8, 1)
+    p.record(8, 1)  # 4 tokens for 10: a loss, so drafting pauses for 3 steps
+    assert [p.paused() for _ in range(4)] == [True, True, True, False]

@@ -18,8 +18,8 @@ from ferry.engine.speculative import DraftPolicy
 
 class NGramDrafter:
     def __init__(self, max_draft: int = 8, sizes: tuple[int, ...] = (3,), window: int = 16,
-                 min_rate: float = 0.4, cooldown: int = 64) -> None:
-        self.policy = DraftPolicy(max_draft, window, min_rate, cooldown)
+                 token_cost: float = 0.65, cooldown: int = 64) -> None:
+        self.policy = DraftPolicy(max_draft, window, token_cost, cooldown)
         self.sizes = sizes
         self.tokens: list[int] = []
         self._last: dict[tuple[int, ...], int] = {}  # n-gram -> end index of its latest occurrence

@@ -3,10 +3,13 @@
 Invariants:
 - ``length`` stays within ``1..max_draft``: it doubles after a fully accepted draft and shrinks to
   what was accepted plus one otherwise.
-- Below ``min_rate`` acceptance over a ``window`` of drafted tokens the policy pauses drafting for
-  ``cooldown`` steps. Verifying k drafted tokens costs more than one decode (on 2 CPU cores and the
-  135M model, a batch of 9 tokens costs ~5.5x a single token; see benchmarks/RESULTS.md), so text
-  that does not repeat its input must draft little.
+- Drafting pauses for ``cooldown`` steps when, over a ``window`` of drafted tokens, it yielded
+  fewer tokens than it cost: a step that verifies k drafted tokens and keeps a of them yields 1 + a
+  tokens for a cost of 1 + ``token_cost`` * k single-token decodes. On CPU, verification is not
+  free: with 2 cores and the 135M model every extra token in a decode costs ~0.65 of a one-token
+  decode (benchmarks/RESULTS.md "Speculative decoding"), so drafting pays only above ~85-90%
+  acceptance, and text that does not repeat its input must stop drafting quickly. (On a GPU the
+  marginal cost is near 0: lower ``token_cost``.)
 
 Exactness: a drafter proposes tokens deterministically, so its draft distribution is a point mass.
 For a point-mass draft, standard speculative rejection sampling (accept x with probability
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 
 class DraftPolicy:
-    def __init__(self, max_draft: int = 8, window: int = 16, min_rate: float = 0.4,
+    def __init__(self, max_draft: int = 8, window: int = 16, token_cost: float = 0.65,
                  cooldown: int = 64, start: int = 2) -> None:
         self.max_draft = max_draft
         self.length = min(start, max_draft)
-        self.window, self.min_rate, self.cooldown = window, min_rate, cooldown
-        self._drafted = self._accepted = 0
+        self.window, self.token_cost, self.cooldown = window, token_cost, cooldown
+        self._drafted = 0
+        self._yield = self._cost = 0.0
         self._paused = 0
         self.total_drafted = self.total_accepted = 0
 
@@ -41,10 +45,12 @@ class DraftPolicy:
             self.length = (min(self.length * 2, self.max_draft) if accepted == drafted
                            else max(1, accepted + 1))
         self._drafted += drafted
-        self._accepted += accepted
+        self._yield += 1 + accepted
+        self._cost += 1 + self.token_cost * drafted
         self.total_drafted += drafted
         self.total_accepted += accepted
         if self._drafted >= self.window:
-            if self._accepted < self.min_rate * self._drafted:
+            if self._yield < self._cost:
                 self._paused = self.cooldown
-            self._drafted = self._accepted = 0
+            self._drafted = 0
+            self._yield = self._cost = 0.0
