@@ -88,6 +88,26 @@ def test_ratios_compare_each_target_with_the_first_at_the_same_level() -> None:
     assert "1.50" in table(rows)
 
 
+def test_with_rounds_ratios_are_taken_within_each_round_and_summarised_by_median() -> None:
+    rows = [
+        Row("a", "u", _summary(8, 100.0), 0), Row("b", "u", _summary(8, 110.0), 0),
+        Row("b", "u", _summary(8, 40.0), 1), Row("a", "u", _summary(8, 50.0), 1),  # slower box
+        Row("a", "u", _summary(8, 100.0), 2), Row("b", "u", _summary(8, 90.0), 2),
+    ]  # fmt: skip
+    assert ratios(rows) == pytest.approx([1.0, 1.1, 0.8, 1.0, 1.0, 0.9])
+    assert "c=8   b                0.900  [1.10, 0.80, 0.90]" in table(rows)
+
+
+def test_rounds_must_be_a_positive_integer(capsys) -> None:
+    from ferry.bench.cli import build_parser
+
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--url", "http://x", "--rounds", bad])
+        assert "--rounds" in capsys.readouterr().err
+    assert build_parser().parse_args(["--url", "http://x", "--rounds", "3"]).rounds == 3
+
+
 # --- a tiny real OpenAI-format SSE server ----------------------------------------------------------
 
 

@@ -49,6 +49,16 @@ class _AppendTarget(argparse.Action):
         namespace.targets = targets
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def _levels(text: str) -> list[int]:
     try:
         levels = [int(part) for part in text.split(",") if part.strip()]
@@ -78,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--concurrency", type=_levels, default=[1, 8, 32], metavar="1,8,32")
     add("--requests", type=int, help="requests per level (default: max(8, 2 x concurrency))")
+    add("--rounds", type=_positive, default=1,
+        help="measure each level this many times, alternating the target order (A B, B A, ...); "
+             "prints each target's median ratio")
     add("--max-tokens", type=int, default=128)
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default=DEFAULT_PROMPT)
@@ -136,7 +149,7 @@ def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
     )
     return BenchConfig(
         targets=targets, concurrencies=args.concurrency, requests=args.requests, spec=spec,
-        warmup=args.warmup, settings=settings, log_dir=log_dir,
+        warmup=args.warmup, settings=settings, log_dir=log_dir, rounds=args.rounds,
     )  # fmt: skip
 
 
@@ -146,6 +159,7 @@ def _describe(config: BenchConfig) -> dict[str, Any]:
         "targets": [t.name for t in config.targets],
         "concurrency": config.concurrencies,
         "requests": {c: config.requests_for(c) for c in config.concurrencies},
+        "rounds": config.rounds,
         "endpoint": spec.endpoint, "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos,
         "prompt_chars": len(spec.prompt), "temperature": 0,
         "gguf": str(config.settings.gguf) if config.settings else None,

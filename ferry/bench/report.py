@@ -7,6 +7,7 @@ they are computed here only, from one interleaved run.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,18 +19,38 @@ class Row:
     target: str
     url: str
     summary: LevelSummary
+    round: int = 0
 
 
 def ratios(rows: list[Row]) -> list[float | None]:
-    """Output tok/s of each row over the first target's at the same concurrency."""
-    first: dict[int, float] = {}
+    """Output tok/s of each row over the first target's at the same concurrency and round."""
+    if not rows:
+        return []
+    first_target = rows[0].target
+    base: dict[tuple[int, int], float] = {}
     for row in rows:
-        first.setdefault(row.summary.concurrency, row.summary.output_tok_s)
+        if row.target == first_target:
+            base.setdefault((row.summary.concurrency, row.round), row.summary.output_tok_s)
     out: list[float | None] = []
     for row in rows:
-        base = first[row.summary.concurrency]
-        out.append(row.summary.output_tok_s / base if base > 0 else None)
+        b = base.get((row.summary.concurrency, row.round), 0.0)
+        out.append(row.summary.output_tok_s / b if b > 0 else None)
     return out
+
+
+def round_summary(rows: list[Row]) -> str:
+    """With several rounds: each target's ratio per round and their median, per level."""
+    if len({r.round for r in rows}) < 2:
+        return ""
+    per: dict[tuple[int, str], list[float]] = {}
+    for row, ratio in zip(rows, ratios(rows), strict=True):
+        if ratio is not None:
+            per.setdefault((row.summary.concurrency, row.target), []).append(ratio)
+    lines = ["", "x first by round (median):"]
+    for (conc, target), rs in per.items():
+        lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
+                     f"[{', '.join(f'{r:.2f}' for r in rs)}]")
+    return "\n".join(lines)
 
 
 def _ms(seconds: float | None) -> str:
@@ -43,16 +64,18 @@ COLUMNS = (
 
 
 def table(rows: list[Row]) -> str:
-    """Fixed-width table; latencies in milliseconds."""
-    lines = [list(COLUMNS)]
+    """Fixed-width table; latencies in milliseconds; a ``round`` column when there are rounds."""
+    rounds = len({r.round for r in rows}) > 1
+    columns = list(COLUMNS[:1]) + ["round"] * rounds + list(COLUMNS[1:])
+    lines = [columns]
     for row, ratio in zip(rows, ratios(rows), strict=True):
         s = row.summary
-        lines.append([
-            row.target, str(s.concurrency), str(s.requests), str(s.errors), str(s.short),
+        lines.append([row.target] + [str(row.round)] * rounds + [
+            str(s.concurrency), str(s.requests), str(s.errors), str(s.short),
             f"{s.output_tok_s:.1f}", "-" if ratio is None else f"{ratio:.2f}", f"{s.requests_s:.2f}",
             _ms(s.ttft_p50_s), _ms(s.ttft_p99_s), _ms(s.itl_p50_s), _ms(s.itl_p99_s),
         ])  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     text = [
         "  ".join(
             cell.ljust(w) if i == 0 else cell.rjust(w)
@@ -63,14 +86,16 @@ def table(rows: list[Row]) -> str:
     text.insert(1, "-" * len(text[0]))
     errors = [f"{r.target} c={r.summary.concurrency}: {r.summary.first_error}" for r in rows
               if r.summary.first_error]  # fmt: skip
-    footer = ["", "latencies in ms; x first = tok/s relative to the first target at that level"]
-    return "\n".join(text + footer + [f"first error: {e}" for e in errors])
+    footer = ["", "latencies in ms; x first = tok/s relative to the first target at that level"
+              + (" and round" if rounds else "")]
+    return "\n".join(text + footer + [f"first error: {e}" for e in errors]) + round_summary(rows)
 
 
 def document(rows: list[Row], config: dict[str, Any]) -> str:
     """JSON: the run's configuration and one object per (target, concurrency)."""
     results = [
-        {"target": r.target, "url": r.url, **asdict(r.summary), "ratio_tok_s": ratio}
+        {"target": r.target, "url": r.url, "round": r.round, **asdict(r.summary),
+         "ratio_tok_s": ratio}
         for r, ratio in zip(rows, ratios(rows), strict=True)
     ]
     return json.dumps({"config": config, "results": results}, indent=2)

@@ -3,6 +3,9 @@
 Invariants:
 - Order is level-major: level 1 runs every target, then level 8 runs every target, ... so a ratio
   between targets compares runs made minutes apart, never a whole run apart.
+- With ``rounds`` > 1 each level is measured that many times, the target order reversed every
+  other round (A B, B A, A B, ...), so a machine that slows down or speeds up during a level
+  favours no target; ratios are taken within a round.
 - A managed target is started for its level and stopped before the next target starts, so two
   servers never share the two cores during a measurement.
 - Warm-up requests are sent after the server is healthy and are not measured.
@@ -32,6 +35,7 @@ class BenchConfig:
     warmup: int
     settings: ServerSettings | None  # None when no target is managed
     log_dir: Path
+    rounds: int = 1
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests if self.requests is not None else max(MIN_REQUESTS, 2 * concurrency)
@@ -84,8 +88,12 @@ async def run_benchmark(config: BenchConfig, progress: Progress | None = None) -
     rows: list[Row] = []
     try:
         for concurrency in config.concurrencies:
-            for target in config.targets:
-                rows.append(await _measure(target, concurrency, config, progress))
+            for r in range(config.rounds):
+                order = config.targets if r % 2 == 0 else config.targets[::-1]
+                for target in order:
+                    row = await _measure(target, concurrency, config, progress)
+                    row.round = r
+                    rows.append(row)
     finally:
         progress.clear()
     return rows
