@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     def _draft_needs_model(self) -> Settings:
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("--speculative draft needs --draft-model PATH")
+        if self.draft_model and not os.path.isfile(self.draft_model):
+            raise ValueError(f"--draft-model {self.draft_model}: no such file")
         return self
 
     def slot_ctx(self) -> int:

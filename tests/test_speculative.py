@@ -200,3 +200,16 @@ def test_first_token_distribution_is_preserved_under_speculation(spec_server):
     print(f"first tokens {dict(zip([*bins, 'other'], observed))}, expected "
           f"{[round(e, 1) for e in expected]}, chi2 {stat:.2f}, p {pvalue:.3f}")
     assert pvalue > 0.001
+
+
+def test_draft_model_with_another_vocabulary_is_refused():
+    from ferry.embeddings import bundled_model_dir
+    from ferry.embeddings.gguf_cache import cached_gguf
+    from ferry.engine.draft import DraftModel, DraftModelMismatch
+    from ferry.engine.model import Model
+    from ferry.engine.runner import RunnerConfig
+
+    target = Model(bundled_model_path())
+    other = Model(cached_gguf(bundled_model_dir()))  # MiniLM: a BERT vocabulary
+    with pytest.raises(DraftModelMismatch, match="vocabulary"):
+        DraftModel(other, target, RunnerConfig(512, 1, 1))
