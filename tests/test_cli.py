@@ -9,7 +9,8 @@ import pytest
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ferry", "serve", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ferry", "serve", *args], check=False,
+                          capture_output=True,
                           text=True, timeout=60)
 
 
