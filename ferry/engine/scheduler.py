@@ -12,6 +12,9 @@ Invariants:
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
+- Drafts (speculative tokens from ``Sequence.drafter``) ride on a decoding sequence's token or on
+  the prompt's last chunk, only from the budget the step's one-token-per-sequence work leaves,
+  and never past what the sequence may still generate or hold.
 - An image span (``Sequence.images``) is never split: it is one Work item (``image`` set) of its
   own, scheduled when it fits the step's budget or is the step's first prefill item (so it always
   progresses; the runner decodes it in a batch of its own). Prefix reuse stops at a prompt's first
