@@ -141,3 +141,40 @@ def test_draft_is_capped_by_tokens_left_and_batch_budget():
     s = Scheduler(n_slots=1, max_batch_tokens=9)  # 8 prompt tokens leave room for 1 draft
     s.add(tight)
     assert s.schedule().work[0].draft == [8]
+
+
+def test_concurrent_prompts_with_a_shared_prefix_compute_it_once():
+    s = Scheduler(n_slots=3, min_share=4)
+    system = list(range(100, 140))
+    a, b, c = seq(system + [1, 2]), seq(system + [3, 4]), seq([9] * 42)
+    for q in (a, b, c):
+        s.add(q)
+    plan = s.schedule()
+    assert {w.seq.id for w in plan.work} == {a.id, c.id}  # b waits for a's prefix
+    assert b.share_from == (a, 40) and c.share_from is None
+    fake_run(s, plan)
+    plan = s.schedule()
+    assert plan.copies == [(a.slot, b.slot, 40)]
+    (wb,) = [w for w in plan.work if w.seq is b]
+    assert wb.pos == 40 and wb.tokens == [3, 4] and b.num_cached == 40
+    assert s.stats.prefix_hits == 1 and s.stats.prefix_cached_tokens == 40
+
+
+def test_a_source_that_leaves_first_means_a_normal_prefill():
+    s = Scheduler(n_slots=2, min_share=4)
+    a, b = seq(list(range(30)) + [1]), seq(list(range(30)) + [2])
+    s.add(a)
+    s.add(b)
+    s.schedule()
+    a.cancelled = True
+    plan = s.schedule()
+    (wb,) = plan.work
+    assert wb.seq is b and wb.pos == 0 and not plan.copies and b.share_from is None
+
+
+def test_short_shared_prefixes_are_just_prefilled():
+    s = Scheduler(n_slots=2, min_share=16)
+    a, b = seq(list(range(10)) + [1]), seq(list(range(10)) + [2])
+    s.add(a)
+    s.add(b)
+    assert len(s.schedule().work) == 2 and b.share_from is None

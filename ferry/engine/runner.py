@@ -4,6 +4,10 @@ Invariants:
 - Called from the engine thread only (llama.cpp contexts are not thread-safe).
 - Slot ``i`` is llama.cpp sequence id ``i`` with its own KV stream (``kv_unified = False``), so
   attention for one sequence never scans another's cells.
+- ``plan.copies`` copy one slot's whole KV stream into another (llama.cpp copies across streams
+  only whole, at the start of the next decode, as llama-server does for ``n`` > 1) and trim it to
+  the shared prefix; ``run`` always decodes after planning a copy (the copying sequence has at
+  least its last prompt token to compute).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
@@ -107,6 +111,10 @@ class Runner:
         (a work item's ``n_logits`` rows are contiguous from there)."""
         for slot, keep in plan.trims:
             self.trim(slot, keep)
+        for src, dst, keep in plan.copies:  # whole-stream copy (done by this decode), then trim
+            ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
+            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+            self.trim(dst, keep)
         n = 0
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg

@@ -11,6 +11,11 @@ Invariants:
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
+- A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt than with
+  any free slot (concurrent requests with one system prompt, ``n`` choices) does not recompute
+  them: it waits until that sequence has computed them, then its slot gets a copy of the other's
+  KV trimmed to the shared prefix (``StepPlan.copies``). Sources are always admitted earlier, so
+  waits cannot form a cycle; a source that leaves first just means a normal prefill.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
 - Drafts (speculative tokens from ``Sequence.drafter``) ride on a decoding sequence's token or on
   the prompt's last chunk, only from the budget the step's one-token-per-sequence work leaves,
@@ -49,6 +54,7 @@ class Work:
 class StepPlan:
     work: list[Work] = field(default_factory=list)
     trims: list[tuple[int, int]] = field(default_factory=list)  # (slot, keep first n cells)
+    copies: list[tuple[int, int, int]] = field(default_factory=list)  # (from slot, to slot, n)
     cancelled: list[Sequence] = field(default_factory=list)
     expired: list[Sequence] = field(default_factory=list)  # waited longer than queue_timeout
 
@@ -66,7 +72,9 @@ class Stats:
 
 class Scheduler:
     def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
-                 queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30) -> None:
+                 queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30,
+                 min_share: int = 16) -> None:
+        self.min_share = min_share
         self.n_ctx_seq = n_ctx_seq
         self.n_slots = n_slots
         self.max_batch_tokens = max_batch_tokens
@@ -112,7 +120,7 @@ class Scheduler:
         for seq in self.running:
             if budget <= 0:
                 break
-            if not seq.in_prefill:
+            if not seq.in_prefill or not self._take_share(seq, plan):
                 continue
             pos = seq.num_computed
             image = seq.image_at(pos)
@@ -135,6 +143,22 @@ class Scheduler:
                 break
         self.stats.steps += 1
         return plan
+
+    def _take_share(self, seq: Sequence, plan: StepPlan) -> bool:
+        """False while ``seq`` waits for its source to compute the shared prefix; once it has,
+        plan the copy and let ``seq`` prefill from there."""
+        if seq.share_from is None:
+            return True
+        src, n = seq.share_from
+        if src.status is Status.RUNNING and src.num_computed < n:
+            return False
+        seq.share_from = None
+        if src.status is Status.RUNNING and n > seq.num_computed:
+            plan.copies.append((src.slot, seq.slot, n))
+            self.stats.prefix_hits += seq.num_cached == 0
+            self.stats.prefix_cached_tokens += n - seq.num_cached
+            seq.num_computed = seq.num_cached = n
+        return True
 
     def _draft(self, seq: Sequence, pos: int, spare: int) -> list[int]:
         """Speculative tokens for ``seq`` to decode from position ``pos`` on, capped by what it may
@@ -194,8 +218,22 @@ class Scheduler:
             if k > 0:
                 self.stats.prefix_hits += 1
                 self.stats.prefix_cached_tokens += k
+            src, n = self._best_running(seq)
+            if n >= k + self.min_share:
+                seq.share_from = (src, n)
             seq.status = Status.RUNNING
             self.running.append(seq)
+
+    def _best_running(self, seq: Sequence) -> tuple[Sequence | None, int]:
+        """The running sequence whose prompt shares the longest prefix with ``seq``'s (before
+        either's first image, and short of ``seq``'s last token, which must be computed)."""
+        limit = min(_reusable(seq), len(seq.prompt) - 1)
+        best, best_n = None, 0
+        for other in self.running:
+            n = min(_common_prefix(other.prompt, seq.prompt), limit, _reusable(other))
+            if n > best_n:
+                best, best_n = other, n
+        return best, best_n
 
     def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
         best, best_k = None, -1
@@ -207,9 +245,21 @@ class Scheduler:
         return best, best_k
 
 
+def _reusable(seq: Sequence) -> int:
+    """Prompt tokens whose KV may serve another sequence: those before the first image."""
+    return seq.images[0].start if seq.images else len(seq.prompt)
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix, by bisection over slice comparisons (done in C)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

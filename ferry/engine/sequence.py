@@ -113,6 +113,7 @@ class Sequence:
         "params",
         "prompt",
         "sampler",
+        "share_from",
         "sink",
         "slot",
         "status",
@@ -141,6 +142,8 @@ class Sequence:
         self.detok: Any = None
         self.arrival = arrival
         self.first_token_time: float | None = None
+        # (running sequence, n): copy its first n KV cells once it has computed them (scheduler)
+        self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
         self.drafter: Any = None  # NGramDrafter when this sequence speculates
 
