@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -183,8 +184,7 @@ class Scheduler:
     def _release(self, seq: Sequence) -> None:
         slot = seq.slot
         assert slot is not None
-        keep = seq.images[0].start if seq.images else seq.num_computed
-        self.slot_tokens[slot] = seq.all_tokens[: min(keep, seq.num_computed)]
+        self.slot_tokens[slot] = seq.all_tokens[: min(_reuse_end(seq), seq.num_computed)]
         self._clock += 1
         self._slot_age[slot] = self._clock
         self.free_slots.append(slot)
@@ -207,9 +207,8 @@ class Scheduler:
             seq = self.waiting.popleft()
             slot, k = self._best_slot(seq.prompt)
             self.free_slots.remove(slot)
-            k = min(k, len(seq.prompt) - 1)  # always compute >= 1 prompt token to get logits
-            if seq.images:
-                k = min(k, seq.images[0].start)
+            # always compute >= 1 prompt token to get logits
+            k = min(k, len(seq.prompt) - 1, _reuse_end(seq))
             plan.trims.append((slot, k))
             self.slot_tokens[slot] = self.slot_tokens[slot][:k]
             seq.slot = slot
@@ -227,10 +226,10 @@ class Scheduler:
     def _best_running(self, seq: Sequence) -> tuple[Sequence | None, int]:
         """The running sequence whose prompt shares the longest prefix with ``seq``'s (before
         either's first image, and short of ``seq``'s last token, which must be computed)."""
-        limit = min(_reusable(seq), len(seq.prompt) - 1)
+        limit = min(_reuse_end(seq), len(seq.prompt) - 1)
         best, best_n = None, 0
         for other in self.running:
-            n = min(_common_prefix(other.prompt, seq.prompt), limit, _reusable(other))
+            n = min(_common_prefix(other.prompt, seq.prompt), limit, _reuse_end(other))
             if n > best_n:
                 best, best_n = other, n
         return best, best_n
@@ -245,9 +244,10 @@ class Scheduler:
         return best, best_k
 
 
-def _reusable(seq: Sequence) -> int:
-    """Prompt tokens whose KV may serve another sequence: those before the first image."""
-    return seq.images[0].start if seq.images else len(seq.prompt)
+def _reuse_end(seq: Sequence) -> int:
+    """KV from this position on never serves another sequence: the first image's start (its
+    placeholder ids do not say which image was decoded), else no bound."""
+    return seq.images[0].start if seq.images else sys.maxsize
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
