@@ -96,11 +96,12 @@ class Settings(BaseSettings):
         return _split(v)
 
     @model_validator(mode="after")
-    def _draft_needs_model(self) -> Settings:
+    def _model_files(self) -> Settings:
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("--speculative draft needs --draft-model PATH")
-        if self.draft_model and not os.path.isfile(self.draft_model):
-            raise ValueError(f"--draft-model {self.draft_model}: no such file")
+        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{flag} {path}: no such file")
         return self
 
     def slot_ctx(self) -> int:

@@ -17,6 +17,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(("args", "says"), [
     (("--speculative", "draft"), "--speculative draft needs --draft-model"),
     (("--speculative", "draft", "--draft-model", "/nonexistent/draft.gguf"), "no such file"),
+    (("--mmproj", "/nonexistent/mmproj.gguf"), "--mmproj /nonexistent/mmproj.gguf: no such file"),
     (("--speculative", "medusa"), "--speculative"),
     (("--draft-max", "0"), "--draft-max"),
     (("--draft-max", "65"), "--draft-max"),
