@@ -29,6 +29,7 @@ from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
 from ferry.audio.transcriber import Transcriber
+from ferry.engine.cache import namespace
 from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
@@ -69,12 +70,12 @@ class AppState:
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
         parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        n_ctx = (spec and spec.ctx_size) or s.ctx_size  # 0: sized from the model
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                             speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model)
+                            draft_model=s.draft_model, cache_ram_mib=s.cache_ram)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
@@ -141,6 +142,12 @@ class AppState:
             raise
         return EventStreamResponse(body, ping_interval=0, send_timeout=s.send_timeout,
                                    headers={"X-Conversation-Id": conv_id})
+
+    def cache_ns(self, request: Request, salt: str | None) -> str:
+        """The request's prompt-cache namespace: its API key (unless keys share the cache by
+        --cache-share-across-keys) and its ``cache_salt``."""
+        key = request.scope.get("state", {}).get("api_key")
+        return namespace(None if self.settings.cache_share_across_keys else key, salt)
 
     async def close(self) -> None:
         await self.sessions.close()

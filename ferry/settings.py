@@ -36,8 +36,17 @@ class Settings(BaseSettings):
                                        "per embedding model")
     embedding_threads: int = Field(1, ge=1, description="CPU threads per embedding forward")
     parallel: int = Field(8, ge=1, le=256, description="max sequences decoded together (slots)")
-    ctx_size: int = Field(0, ge=0, description="total KV-cache cells across all slots; each slot "
-                          "gets ctx_size/parallel (0 = 2048 per slot)")
+    ctx_size: int = Field(0, ge=0, description="KV-pool cells shared by all sequences (one "
+                          "unified KV): a request may use up to all of them, within the model's "
+                          "trained context (0 = the trained context, at least 2048 per slot, "
+                          "capped at a quarter of RAM)")
+    cache_ram: int = Field(8192, ge=0, description="MiB of host RAM for the prompt cache: cached "
+                           "prompts that no longer fit the KV pool are saved there and restored "
+                           "on a prefix hit, least recently used evicted first (0 disables the "
+                           "RAM tier)")
+    cache_share_across_keys: bool = Field(False, description="let requests reuse cached prompt "
+                                          "prefixes of other API keys (default: each key, and "
+                                          "each request's cache_salt, has its own cache)")
     threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1,
                          description="CPU threads for llama.cpp")
     batch_size: int = Field(512, ge=32, description="max tokens in one llama_decode")
@@ -103,6 +112,3 @@ class Settings(BaseSettings):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{flag} {path}: no such file")
         return self
-
-    def slot_ctx(self) -> int:
-        return self.ctx_size or 2048 * self.parallel

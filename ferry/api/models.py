@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -36,6 +36,10 @@ class ModelObject(BaseModel):
     kind: Kind
     loaded: bool
     state: State
+    # chat models, once loaded: the most tokens (prompt + completion) one request may use (vLLM's
+    # name), and the KV pool all requests share
+    max_model_len: int | None = None
+    kv_pool_cells: int | None = None
 
 
 class ModelList(BaseModel):
@@ -55,7 +59,9 @@ class ModelHealth(BaseModel):
     running: int = 0
     waiting: int = 0
     kv_cells_used: int | None = None
-    n_ctx_seq: int | None = None
+    n_ctx_seq: int | None = None  # longest prompt + completion of one request
+    kv_pool_cells: int | None = None  # the KV pool all sequences share
+    prompt_cache: dict[str, Any] | None = None  # entries/bytes per tier, hits, evictions
     slots: int | None = None
     prefix_hits: int | None = None
     speculative: dict[str, int] | None = None  # tokens drafted / accepted
@@ -83,8 +89,11 @@ def describe(state) -> list[ModelObject]:
     out = []
     for mid, s in reg.slots.items():
         st = reg.state_of(s)
+        eng = reg.chat[mid].engine if mid in reg.chat else None
         out.append(ModelObject(id=mid, created=s.created, kind=s.spec.kind,
-                               loaded=st in ("loaded", "unloading"), state=st))
+                               loaded=st in ("loaded", "unloading"), state=st,
+                               max_model_len=eng.n_ctx_seq if eng else None,
+                               kv_pool_cells=eng.runner.n_ctx if eng else None))
     for name, loaded in _transcribers(state):
         out.append(ModelObject(id=name, created=state.started, kind="transcription",
                                loaded=loaded, state="loaded" if loaded else "unloaded"))

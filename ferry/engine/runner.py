@@ -2,12 +2,12 @@
 
 Invariants:
 - Called from the engine thread only (llama.cpp contexts are not thread-safe).
-- Slot ``i`` is llama.cpp sequence id ``i`` with its own KV stream (``kv_unified = False``), so
-  attention for one sequence never scans another's cells.
-- ``plan.copies`` copy one slot's whole KV stream into another (llama.cpp copies across streams
-  only whole, at the start of the next decode, as llama-server does for ``n`` > 1) and trim it to
-  the shared prefix; ``run`` always decodes after planning a copy (the copying sequence has at
-  least its last prompt token to compute).
+- One KV pool of ``n_ctx`` cells shared by all ``n_seq_max`` sequence ids (``kv_unified``), so one
+  sequence may use the whole pool while others are short, and copying a prefix between sequences
+  only tags cells (no data moves). A sequence's slot is its llama.cpp sequence id.
+- ``plan.copies`` give one sequence the first n cells of another before the step's decode.
+- The runner is the scheduler's ``KvBackend``: ``trim``, ``copy``, ``save`` and ``restore`` act on
+  sequences' cells at once (save/restore: llama.cpp's per-sequence state, host memory).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass
 
 import llama_cpp as ll
@@ -37,10 +38,29 @@ class RunnerConfig:
     n_slots: int
     n_threads: int
     n_batch: int = 512
+    n_seq_max: int = 0  # llama.cpp sequence ids (0: n_slots)
 
 
 class DecodeError(RuntimeError):
     pass
+
+
+LLAMA_MAX_SEQ = 256  # llama-cparams.h
+
+
+def default_pool_cells(model: Model, n_slots: int) -> int:
+    """The model's trained context, at least 2048 cells per slot, capped so that the KV pool
+    takes at most a quarter of physical memory."""
+    want = max(model.n_ctx_train, 2048 * n_slots)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(256, min(want, mem // 4 // kv_bytes_per_cell(model)))
+
+
+def kv_bytes_per_cell(model: Model) -> int:
+    """Bytes of K and V (f16) one token takes in the KV cache across all layers."""
+    n_layer = ll.llama_model_n_layer(model.ptr)
+    n_head, n_head_kv = ll.llama_model_n_head(model.ptr), ll.llama_model_n_head_kv(model.ptr)
+    return 2 * 2 * n_layer * model.n_embd * n_head_kv // max(n_head, 1)
 
 
 class Runner:
@@ -50,16 +70,19 @@ class Runner:
         p.n_ctx = cfg.n_ctx
         p.n_batch = cfg.n_batch
         p.n_ubatch = cfg.n_batch
-        p.n_seq_max = cfg.n_slots
+        p.n_seq_max = cfg.n_seq_max or cfg.n_slots
         p.n_threads = cfg.n_threads
         p.n_threads_batch = cfg.n_threads
-        p.kv_unified = False
+        p.kv_unified = True
         p.no_perf = True
         self.ctx = ll.llama_init_from_model(model.ptr, p)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self.mem = ll.llama_get_memory(self.ctx)
         self.n_ctx_seq: int = ll.llama_n_ctx_seq(self.ctx)
+        self.n_ctx: int = ll.llama_n_ctx(self.ctx)
+        self.n_seq_max: int = p.n_seq_max
+        self.bytes_per_cell = kv_bytes_per_cell(model)
         self.n_batch = cfg.n_batch
         self.n_vocab = model.n_vocab
         self.batch = ll.llama_batch_init(cfg.n_batch, 0, 1)
@@ -98,23 +121,39 @@ class Runner:
         if rc != 0:
             raise DecodeError(f"llama_decode (image embeddings) returned {rc}")
 
-    def trim(self, slot: int, keep: int) -> None:
-        """Drop slot's KV cells from position ``keep`` on."""
-        if not ll.llama_memory_seq_rm(self.mem, slot, keep, -1):
-            ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+    def trim(self, slot: int, keep: int) -> int:
+        """Drop slot's KV cells from position ``keep`` on; return the cells kept (0 when the
+        memory refused a partial removal and the whole sequence was cleared)."""
+        if ll.llama_memory_seq_rm(self.mem, slot, keep, -1):
+            return keep
+        ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        return 0
 
     def clear_slot(self, slot: int) -> None:
         ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
 
+    def copy(self, src: int, dst: int, n: int) -> None:
+        """``dst`` (empty) shares ``src``'s first ``n`` cells (unified KV: cells are tagged)."""
+        ll.llama_memory_seq_cp(self.mem, src, dst, 0, n)
+
+    def save(self, slot: int) -> ctypes.Array | None:
+        """The slot's KV state in host memory (``len()`` bytes), or None if llama.cpp fails."""
+        size = ll.llama_state_seq_get_size(self.ctx, slot)
+        buf = (ctypes.c_uint8 * size)()
+        if size == 0 or ll.llama_state_seq_get_data(self.ctx, buf, size, slot) != size:
+            return None
+        return buf
+
+    def restore(self, blob: ctypes.Array, slot: int) -> bool:
+        """Load a saved state into ``slot``; False when the pool has no room for it."""
+        return ll.llama_state_seq_set_data(self.ctx, blob, len(blob), slot) != 0
+
     def run(self, plan: StepPlan) -> dict[int, int]:
         """Decode every piece of work in one batch; return {sequence id: first logits row}
         (a work item's ``n_logits`` rows are contiguous from there)."""
-        for slot, keep in plan.trims:
-            self.trim(slot, keep)
-        for src, dst, keep in plan.copies:  # whole-stream copy (done by this decode), then trim
+        for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
-            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
-            self.trim(dst, keep)
+            ll.llama_memory_seq_cp(self.mem, src, dst, 0, keep)
         n = 0
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg

@@ -1,9 +1,11 @@
 """A request's generation state: its tokens, sampling parameters, slot and status.
 
 Invariants:
-- ``num_computed`` prompt tokens are in the KV cache of ``slot``; the rest still need prefill.
-- A sequence owns its slot from admission until it finishes; the scheduler alone moves it between
-  the waiting and running queues and releases the slot.
+- ``num_computed`` prompt tokens are in the KV cache of ``slot`` (a llama.cpp sequence id); the rest
+  still need prefill.
+- A running sequence owns its slot; the scheduler alone moves it between the waiting and running
+  queues, hands its slot to the prompt cache when it finishes, and may preempt it (``swapped``
+  holds its KV until it runs again).
 - ``cancelled`` may be set from any thread; the engine acts on it at the start of its next step.
 - ``images`` are spans of the prompt given as ready-made embeddings (a multimodal projector's
   output, computed before submission): ``prompt[span.start:span.end]`` holds placeholder ids so
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +99,8 @@ class Sequence:
 
     __slots__ = (
         "arrival",
+        "bypassed",
+        "cache_ns",
         "cancelled",
         "constraint",
         "detok",
@@ -117,12 +121,14 @@ class Sequence:
         "sink",
         "slot",
         "status",
+        "swapped",
     )
 
     def __init__(self, prompt: list[int], params: SamplingParams, max_tokens: int,
                  sink: Callable[[Output], None], arrival: float = 0.0,
-                 images: tuple[ImageSpan, ...] = ()) -> None:
+                 images: tuple[ImageSpan, ...] = (), cache_ns: Hashable = "") -> None:
         self.id = next(_ids)
+        self.cache_ns = cache_ns  # prompt-cache namespace: only its own entries are reused
         self.prompt = prompt
         self.images = images
         assert all(a.end <= b.start for a, b in itertools.pairwise(images)), images
@@ -146,6 +152,8 @@ class Sequence:
         self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
         self.drafter: Any = None  # NGramDrafter when this sequence speculates
+        self.bypassed = 0  # times admission preferred a later sequence (bounded: no starvation)
+        self.swapped: Any = None  # KV state saved when preempted; restored on readmission
 
     @property
     def num_prompt_tokens(self) -> int:
