@@ -92,31 +92,40 @@ def test_model_metadata_reports_the_per_request_limit(srv):
 # ---- exactness across tiers ----------------------------------------------------------------------
 
 
+def complete(c: openai.OpenAI, prompt: str, salt: str, max_tokens: int = 24) -> tuple[str, int]:
+    r = c.completions.create(model="default", prompt=prompt, max_tokens=max_tokens,
+                             temperature=0, extra_body={"cache_salt": salt})
+    return r.choices[0].text, r.usage.prompt_tokens_details.cached_tokens
+
+
 def test_greedy_output_is_identical_from_the_pool_from_ram_or_recomputed(srv):
+    """One two-turn text, three times, each in its own cache (salt): its first turn reused from
+    the pool, restored from RAM, and recomputed. The KV bytes are the same either way
+    (test_runner_cache); logits are not bit-identical, as llama.cpp's CPU attention rounds
+    differently with the cells' places in the shared pool (measured: up to 0.4 on a logit for the
+    same computation elsewhere in the pool, cache or not), so the text continues a count, whose
+    greedy choices are far from ties for this small model."""
     c = client(srv)
-    turn1 = [{"role": "user", "content": "Read this.\n" + document(10)[:900] + "\nWhat is it?"}]
-    a1 = chat(c, turn1, salt="exact").choices[0].message.content
-    turn2 = turn1 + [{"role": "assistant", "content": a1},
-                     {"role": "user", "content": "Name three words from it."}]
+    turn1 = document(10)[:900] + "\n\nCounting: 1, 2, 3, 4, 5,"
+
+    def turn2(salt: str) -> str:
+        return turn1 + complete(c, turn1, salt)[0] + "\nAgain: 1, 2, 3,"
+
+    hits = ("ferry_prompt_cache_hits_total", "pool"), ("ferry_prompt_cache_hits_total", "ram")
     before = cache_metrics(srv)
-    from_pool = chat(c, turn2, salt="exact")
-    assert cached(from_pool) > 150
-    assert cache_metrics(srv)[("ferry_prompt_cache_hits_total", "pool")] > before[
-        ("ferry_prompt_cache_hits_total", "pool")]
+    from_pool = complete(c, turn2("pool"), "pool")
+    assert from_pool[1] > 150 and cache_metrics(srv)[hits[0]] > before[hits[0]]
+    history = turn2("ram")
     for i in range(5):  # other users' prompts push the conversation out of the pool
-        chat(c, [{"role": "user", "content": f"{i} " + document(20 + i)[:900]}], salt="exact",
+        chat(c, [{"role": "user", "content": f"{i} " + document(20 + i)[:900]}], salt="other",
              max_tokens=4)
     assert health(srv)["prompt_cache"]["entries"]["ram"] > 0
     mid = cache_metrics(srv)
-    from_ram = chat(c, turn2, salt="exact")
-    after = cache_metrics(srv)
-    assert after[("ferry_prompt_cache_hits_total", "ram")] > mid[("ferry_prompt_cache_hits_total",
-                                                                  "ram")]
-    assert cached(from_ram) > 150
-    recomputed = chat(c, turn2, salt="exact-recomputed")
-    assert cached(recomputed) == 0
-    texts = [r.choices[0].message.content for r in (from_pool, from_ram, recomputed)]
-    assert texts[0] == texts[1] == texts[2], texts
+    from_ram = complete(c, history, "ram")
+    assert cache_metrics(srv)[hits[1]] > mid[hits[1]] and from_ram[1] == from_pool[1]
+    recomputed = complete(c, history, "recomputed")
+    assert recomputed[1] == 0
+    assert from_pool[0] == from_ram[0] == recomputed[0], (from_pool, from_ram, recomputed)
 
 
 # ---- isolation -----------------------------------------------------------------------------------
@@ -124,9 +133,10 @@ def test_greedy_output_is_identical_from_the_pool_from_ram_or_recomputed(srv):
 
 def test_another_keys_prefix_gives_no_hit_and_a_salt_separates_too(srv):
     msgs = [{"role": "user", "content": "Tenant test. " + document(40)[:600]}]
-    assert cached(chat(client(srv, "k1"), msgs, max_tokens=2)) == 0
+    # "no hit" allows the chat template's default system prompt, cached by earlier requests
+    assert cached(chat(client(srv, "k1"), msgs, max_tokens=2)) < 50
     assert cached(chat(client(srv, "k1"), msgs, max_tokens=2)) > 100  # same key: a hit
-    assert cached(chat(client(srv, "k2"), msgs, max_tokens=2)) == 0  # another key: none
+    assert cached(chat(client(srv, "k2"), msgs, max_tokens=2)) < 50  # another key: none
     assert cached(chat(client(srv, "k1"), msgs, salt="s1", max_tokens=2)) == 0
     assert cached(chat(client(srv, "k1"), msgs, salt="s1", max_tokens=2)) > 100
 
@@ -139,7 +149,8 @@ async def test_concurrent_requests_of_two_keys_do_not_share_in_flight(srv):
         return await ac.chat.completions.create(model="default", messages=msgs, max_tokens=2,
                                                 temperature=0)
     a, b = await asyncio.gather(ask("k1"), ask("k2"))
-    assert cached(a) == 0 and cached(b) == 0
+    # at most the chat template's default system prompt, cached by each key's earlier requests
+    assert cached(a) < 50 and cached(b) < 50
 
 
 @pytest.mark.parametrize("salt", ["", 7, "x" * 257, ["a"]])

@@ -75,6 +75,7 @@ class Runner:
         p.n_threads_batch = cfg.n_threads
         p.kv_unified = True
         p.no_perf = True
+        p.flash_attn_type = int(os.environ.get("FERRY_FA", "-1"))
         self.ctx = ll.llama_init_from_model(model.ptr, p)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")

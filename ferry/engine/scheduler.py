@@ -292,12 +292,15 @@ class Scheduler:
             seq.slot = self.free_ids.pop()
             seq.status = Status.RUNNING
             self.running.append(seq)
+            while self.cells_used() > self.pool_cells:  # room first: a restore needs free cells
+                freed = self.cache.evict_pool(spare=entry) or self.cache.evict_pool()
+                if not freed:
+                    break
+                self.free_ids += freed
             if seq.swapped is not None:
                 self._resume(seq, plan)
             else:
                 self._reuse(seq, entry, k)
-            while self.cells_used() > self.pool_cells and self.cache.n_pool():
-                self.free_ids += self.cache.evict_pool()
 
     def _pick(self):
         """The next sequence to admit, with its best cache entry and usable prefix length."""
@@ -325,6 +328,8 @@ class Scheduler:
 
     def _reuse(self, seq: Sequence, entry, k: int) -> None:
         assert seq.slot is not None
+        if entry is not None and entry.id not in self.cache.entries:
+            entry, k = self._lookup(seq)  # making room pushed it out of RAM
         if entry is not None and k > 0:
             k, freed = self.cache.materialize(entry, k, seq.slot)
             self.free_ids += freed
