@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 from httpx_sse import EventSource, connect_sse
+from pydantic import BaseModel
 from rawhttp import stream_prefix
 
 ASK = [{"role": "user", "content": "Name three colours."}]
@@ -155,3 +156,16 @@ def test_resumable_stream_survives_a_disconnect_and_replays_the_same_bytes(serve
         again = c.post("/v1/messages", json=body, headers={"X-Conversation-Id": conv + "-b"})
         assert again.headers["x-conversation-id"] == conv + "-b"
         assert again.content == c.get(f"/v1/stream/{conv}-b").content
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+def test_output_format_constrains_the_answer_to_the_schema(anth):
+    m = anth.messages.parse(model="default", max_tokens=100, extra_body=GREEDY,
+                            output_format=City,
+                            messages=[{"role": "user", "content": "Describe Paris."}])
+    assert m.stop_reason == "end_turn"
+    assert isinstance(m.content[0].parsed_output, City)

@@ -136,11 +136,11 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/streams/lookup"): _json(StreamLookupResponse),
     ("post", "/v1/audio/transcriptions"): {**AUDIO, **SSE},
     ("post", "/v1/audio/translations"): AUDIO,
-    ("post", "/v1/messages"): {**_json(anthropic.Message), **SSE},
-    ("post", "/v1/messages/count_tokens"): _json(anthropic.CountTokensResponse),
+    ("post", "/v1/messages"): {**_json(anthropic.AnthropicMessage), **SSE},
+    ("post", "/v1/messages/count_tokens"): _json(anthropic.AnthropicTokenCount),
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
-          StreamLookupResponse, anthropic.Message, anthropic.CountTokensResponse,
+          StreamLookupResponse, anthropic.AnthropicMessage, anthropic.AnthropicTokenCount,
           anthropic.AnthropicErrorResponse)
 
 
@@ -150,8 +150,9 @@ def build(app: FastAPI) -> dict:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for m in MODELS:
         s = m.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-        schemas.update(s.pop("$defs", {}))
-        schemas[m.__name__] = s
+        for name, sub in {**s.pop("$defs", {}), m.__name__: s}.items():
+            if schemas.setdefault(name, sub) != sub:  # two APIs' models with one name
+                raise ValueError(f"two different schemas are named {name!r}")
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, ops in doc.get("paths", {}).items():

@@ -128,6 +128,18 @@ ToolChoice = Annotated[ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolCho
                        Field(discriminator="type")]
 
 
+class JSONOutputFormat(_Req):
+    type: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Req):
+    """Structured output (``format``), constrained as chat's ``response_format`` json_schema;
+    ``effort`` is accepted and has no effect."""
+
+    format: JSONOutputFormat | None = None
+
+
 class Metadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str | None = Field(None, max_length=256)
@@ -156,23 +168,24 @@ class MessagesRequest(CountTokensRequest):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
     ignore_eos: bool = Field(False, strict=True)  # llama.cpp / Ferry extension, as on chat
 
 
 # ---- what Ferry answers (documented in /openapi.json; the SDK parses the same shapes) ----------
-class TextContent(BaseModel):
+class AnthropicTextContent(BaseModel):
     type: Literal["text"]
     text: str
 
 
-class ToolUseContent(BaseModel):
+class AnthropicToolUseContent(BaseModel):
     type: Literal["tool_use"]
     id: str
     name: str
     input: dict[str, Any]
 
 
-class Usage(BaseModel):
+class AnthropicUsage(BaseModel):
     """``input_tokens + cache_read_input_tokens + cache_creation_input_tokens`` is the prompt;
     Ferry's automatic prefix cache reports its hits as cache reads and never bills a creation."""
 
@@ -186,18 +199,18 @@ StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use",
                      "model_context_window_exceeded"]
 
 
-class Message(BaseModel):
+class AnthropicMessage(BaseModel):
     id: str
     type: Literal["message"]
     role: Literal["assistant"]
     model: str
-    content: list[Annotated[TextContent | ToolUseContent, Field(discriminator="type")]]
+    content: list[Annotated[AnthropicTextContent | AnthropicToolUseContent, Field(discriminator="type")]]
     stop_reason: StopReason | None
     stop_sequence: str | None
-    usage: Usage
+    usage: AnthropicUsage
 
 
-class CountTokensResponse(BaseModel):
+class AnthropicTokenCount(BaseModel):
     input_tokens: int
 
 
