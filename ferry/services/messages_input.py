@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ferry.api.schemas import ChatCompletionRequest
 from ferry.errors import InvalidRequest
 from ferry.protocol.anthropic import (
     CountTokensRequest,
@@ -30,6 +29,7 @@ from ferry.protocol.anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from ferry.protocol.openai import ChatCompletionRequest
 
 _ONLY_IN = {"tool_use": "assistant", "tool_result": "user", "image": "user",
             "thinking": "assistant", "redacted_thinking": "assistant"}
