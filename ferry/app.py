@@ -22,6 +22,7 @@ from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
+from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
@@ -36,7 +37,7 @@ from ferry.metrics import router as metrics_router
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
-from ferry.settings import Settings
+from ferry.settings import CTX_PER_SLOT, Settings
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id, make_store
 from ferry.vision.images import ImagePolicy
@@ -70,7 +71,7 @@ class AppState:
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
         parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
@@ -156,7 +157,7 @@ class AppState:
         base = f"{'https' if s.ssl_certfile else 'http'}://{_url_host(s.host)}:{s.port}"
         default = self.models.chat.get(self.models.default or "")
         model = f"{default.id} ({default.path})" if default else "none"
-        ui = "off (--no-ui)" if s.no_ui else base + "/"
+        ui = base + "/" if s.ui else "off (--no-ui)"
         return f"Ferry ready at {base}/v1 | model {model} | backend {_backend()} | chat UI {ui}"
 
     async def stream_response(self, request: Request, events, gen: Generation
@@ -231,11 +232,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(models_router)
     app.include_router(router)
+    app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
-    if not settings.no_ui:
+    if settings.ui:
         from ferry.ui import mount_ui
 
         mount_ui(app)
