@@ -71,7 +71,7 @@ class ModelOptions(BaseModel):
     alias: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra model name, as NAME=MODEL (MODEL: a served "
         "model's id, or default); repeatable, e.g. --alias gpt-4o=default",
-        json_schema_extra=_meta("NAME=MODEL", "none"))
+        json_schema_extra=_meta("ALIAS", "none"))
     any_model: bool = Field(False, description="answer an unknown model name with the default "
                             "model of the endpoint's kind (chat, embedding, transcription), so "
                             "apps that hard-code gpt-4o work unchanged; otherwise 404")
