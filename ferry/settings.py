@@ -84,6 +84,11 @@ class Settings(BaseSettings):
                                      "resumable stream (oldest bytes dropped first)")
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    response_store: str | None = Field(None, description="where stored Responses API responses "
+                                       "live: memory or redis://host:port/db (default: the "
+                                       "--stream-store)")
+    response_ttl: float = Field(86400.0, gt=0, description="seconds a stored response (and its "
+                                "conversation) is kept after its last change")
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="largest audio upload "
                                  "for /v1/audio/*; beyond: 413")
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")

@@ -110,6 +110,39 @@ class StreamLookupResponse(BaseModel):
     data: list[StreamInfo]
 
 
+class ResponseObject(BaseModel):
+    """The Responses API's response object (the spec's ``Response``)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
+    model: str
+    output: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    usage: dict[str, Any] | None = None
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: bool
+
+
+class ResponseItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+    first_id: str
+    last_id: str
+
+
+class InputTokenCount(BaseModel):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
+
+
 def _json(model: type[BaseModel]) -> dict:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
 
@@ -132,9 +165,16 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/streams/lookup"): _json(StreamLookupResponse),
     ("post", "/v1/audio/transcriptions"): {**AUDIO, **SSE},
     ("post", "/v1/audio/translations"): AUDIO,
+    ("post", "/v1/responses"): {**_json(ResponseObject), **SSE},
+    ("get", "/v1/responses/{response_id}"): {**_json(ResponseObject), **SSE},
+    ("delete", "/v1/responses/{response_id}"): _json(DeletedResponse),
+    ("post", "/v1/responses/{response_id}/cancel"): _json(ResponseObject),
+    ("get", "/v1/responses/{response_id}/input_items"): _json(ResponseItemList),
+    ("post", "/v1/responses/input_tokens"): _json(InputTokenCount),
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
-          StreamLookupResponse)
+          StreamLookupResponse, ResponseObject, DeletedResponse, ResponseItemList,
+          InputTokenCount)
 
 
 def build(app: FastAPI) -> dict:

@@ -1,0 +1,1 @@
+"""Request and response models of each API, below the services that consume them."""
