@@ -38,7 +38,7 @@ from ferry.response_store import make_response_store
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
-from ferry.settings import Settings
+from ferry.settings import CTX_PER_SLOT, Settings
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id, make_store
 from ferry.vision.images import ImagePolicy
@@ -73,7 +73,7 @@ class AppState:
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
         parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
-    if not settings.no_ui:
+    if settings.ui:
         from ferry.ui import mount_ui
 
         mount_ui(app)

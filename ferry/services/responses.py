@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ferry.api.schemas import ChatCompletionRequest
+from ferry.protocol.openai import ChatCompletionRequest
 from ferry.errors import ContextTooLong, FerryError, InvalidRequest
 from ferry.protocol.responses import CreateResponseRequest, FormatJsonSchema, InputTokensRequest
 from ferry.response_store import ResponseStore, StoredResponse
