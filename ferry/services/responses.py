@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ferry.protocol.openai import ChatCompletionRequest
 from ferry.errors import ContextTooLong, FerryError, InvalidRequest
+from ferry.protocol.openai import ChatCompletionRequest
 from ferry.protocol.responses import CreateResponseRequest, FormatJsonSchema, InputTokensRequest
 from ferry.response_store import ResponseStore, StoredResponse
 from ferry.services import response_items as items
