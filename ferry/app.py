@@ -22,6 +22,7 @@ from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
+from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models_router)
     app.include_router(router)
     app.include_router(responses_router)
+    app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)

@@ -190,3 +190,39 @@ class CreateResponseRequest(_Input):
 
 class InputTokensRequest(_Input):
     pass
+
+
+# -- what the routes answer (documented in /openapi.json) ---------------------------------------
+
+
+class ResponseObject(BaseModel):
+    """The Responses API's response object (the spec's ``Response``)."""
+
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "failed", "in_progress", "cancelled", "queued", "incomplete"]
+    model: str
+    output: list[dict[str, Any]]
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    usage: dict[str, Any] | None = None
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response.deleted"]
+    deleted: bool
+
+
+class ResponseItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    has_more: bool
+    first_id: str
+    last_id: str
+
+
+class InputTokenCount(BaseModel):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
