@@ -138,6 +138,11 @@ class StreamOptions(BaseModel):
     streams_lookup_format: Literal["ferry", "llama-server"] = Field(
         "ferry", description="shape of POST /v1/streams/lookup answers: ferry ({object: list, "
         "data: [...]}) or llama-server (a bare array); a request's ?format= overrides it")
+    response_store: str | None = Field(None, description="where stored Responses API responses "
+                                       "live: memory or redis://host:port/db",
+                                       json_schema_extra=_meta("URL", "the --stream-store"))
+    response_ttl: float = Field(86400.0, gt=0, description="seconds a stored response (and its "
+                                "conversation) is kept after its last change")
 
 
 class LimitOptions(BaseModel):
