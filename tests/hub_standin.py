@@ -82,7 +82,7 @@ class HubStandIn:
 
             def _info(self, repo: str) -> None:
                 if self._hidden(repo):
-                    return None
+                    return
                 doc = {"_id": repo, "id": repo, "modelId": repo, "sha": COMMIT,
                        "private": False, "gated": False, "tags": ["gguf"],
                        "siblings": [{"rfilename": f} for f in hub.repos[repo]]}
