@@ -70,7 +70,7 @@ class Engine:
         self.runner = Runner(model, RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
-                                   self.n_ctx_seq)
+                                   self.n_ctx_seq, kv_keep=self.runner.keepable)
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:
@@ -231,8 +231,10 @@ class Engine:
                 seq.drafter.record(len(w.draft), len(toks) - 1)
                 self.spec_drafted += len(w.draft)
                 self.spec_accepted += len(toks) - 1
-                if finish is None and len(toks) - 1 < len(w.draft):
-                    self.runner.trim(seq.slot, seq.num_computed)  # drop the rejected drafts
+                if finish is None and len(toks) - 1 < len(w.draft):  # drop the rejected drafts
+                    kept = self.runner.trim(seq.slot, seq.num_computed)
+                    if kept < seq.num_computed:  # the memory refused: recompute what it held
+                        self.scheduler.kv_lost(seq, kept)
             text = "".join(texts)
             if finish is not None:
                 if self.observer is not None:
