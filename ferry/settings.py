@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1,
                          description="CPU threads for llama.cpp")
     batch_size: int = Field(512, ge=32, description="max tokens in one llama_decode")
+    n_gpu_layers: int | None = Field(
+        None, ge=-1, description="model layers offloaded to the GPU, -1 = all (default: all when "
+        "llama.cpp was built with a GPU backend, else 0); also the draft and embedding models")
+    main_gpu: int = Field(0, ge=0, description="index of the GPU that holds the whole model "
+                          "(without --tensor-split) among the GPUs llama.cpp sees")
+    tensor_split: Annotated[list[float], NoDecode] = Field(
+        default_factory=list, description="share of the model per GPU, comma-separated "
+        "(e.g. 3,1); default: by free memory")
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="flash attention: auto (where the backend supports it), on, off")
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of K: q8_0 halves KV memory, q4_0 quarters it")
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of V (quantized V needs flash attention)")
+    mmap: bool = Field(True, description="map the model file into memory (--no-mmap: read it "
+                       "in)")
+    mlock: bool = Field(False, description="lock the model in RAM (never swapped out)")
     prefill_chunk: int = Field(64, ge=8, description="max prompt tokens prefilled per step while "
                                "other streams are decoding")
     speculative: Literal["none", "ngram", "draft"] = Field(
@@ -90,7 +107,7 @@ class Settings(BaseSettings):
     no_ui: bool = Field(False, description="do not serve the chat page at /")
     log_level: str = Field("info", description="logging level")
 
-    @field_validator("model", "api_key", "cors_origins", mode="before")
+    @field_validator("model", "api_key", "cors_origins", "tensor_split", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
@@ -102,6 +119,25 @@ class Settings(BaseSettings):
         for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj)):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{flag} {path}: no such file")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Settings:
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(f"--cache-type-v {self.cache_type_v} needs flash attention "
+                             "(--flash-attn auto or on)")
+        if any(x < 0 for x in self.tensor_split) or (self.tensor_split
+                                                      and sum(self.tensor_split) <= 0):
+            raise ValueError("--tensor-split: shares must be >= 0 and not all 0")
+        if self.main_gpu or len(self.tensor_split) > 1:
+            from ferry.engine import hardware  # loads llama.cpp: only when a GPU is named
+
+            n = len(hardware.gpus())
+            seen = f"llama.cpp sees {n} GPU{'s' * (n != 1)} (backend {hardware.backend_name()})"
+            if self.main_gpu >= max(n, 1):
+                raise ValueError(f"--main-gpu {self.main_gpu}: no such GPU; {seen}")
+            if len(self.tensor_split) > max(n, 1):
+                raise ValueError(f"--tensor-split has {len(self.tensor_split)} shares; {seen}")
         return self
 
     def slot_ctx(self) -> int:

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp as ll
 import numpy as np
 
+from ferry.engine.hardware import Placement
 from ferry.engine.model import Model
 from ferry.engine.scheduler import StepPlan, Work
 
@@ -43,6 +44,7 @@ class RunnerConfig:
     n_slots: int
     n_threads: int
     n_batch: int = 512
+    placement: Placement = field(default_factory=Placement)  # flash attention, KV-cache types
 
 
 class DecodeError(RuntimeError):
@@ -62,6 +64,8 @@ class Runner:
         p.kv_unified = False
         p.swa_full = False  # windowed layers keep n_swa + n_ubatch cells, not n_ctx (llama-server)
         p.no_perf = True
+        cfg.placement.apply(p)
+        self.params = p  # what llama.cpp was given (read back by tests)
         self.ctx = ll.llama_init_from_model(model.ptr, p)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")

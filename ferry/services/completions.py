@@ -16,6 +16,7 @@ from typing import Any
 
 from ferry import __version__
 from ferry.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from ferry.engine.chat_prompt import render_chat
 from ferry.engine.sequence import ImageSpan, SamplingParams, TokenLogprob
 from ferry.errors import ContextTooLong, InvalidRequest
 from ferry.services.generation import Generation
@@ -143,12 +144,13 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
             constraint = compile_json_schema(schema, _token_vocab(cm.model), param="tools")
     elif req.response_format is not None:
         constraint = constraint_for_response_format(req.response_format, _token_vocab(cm.model))
-    text = cm.require_template().render(messages, add_generation_prompt=True)
+    # client strings stay plain text: only the template's markup becomes control tokens
+    rendered = render_chat(cm.require_template(), cm.model, messages)
     spans: tuple[ImageSpan, ...] = ()
     if images is None:
-        prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
+        prompt = rendered.tokenize(cm.model)
     else:
-        prompt, spans = cm.projector.tokenize(text, images)
+        prompt, spans = cm.projector.tokenize(rendered.segments, images)
         _check_images(spans, images, cm.engine.cfg.n_batch)
         if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
             raise InvalidRequest("the rendered prompt ends with an image", param="messages")
