@@ -22,9 +22,11 @@ from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
+from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
+from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
@@ -35,10 +37,11 @@ from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
+from ferry.response_store import make_response_store
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
-from ferry.settings import Settings
+from ferry.settings import CTX_PER_SLOT, Settings
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id, make_store
 from ferry.vision.images import ImagePolicy
@@ -64,6 +67,8 @@ class AppState:
             embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
+        self.responses = make_response_store(settings.response_store or settings.stream_store,
+                                             ttl=settings.response_ttl)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -71,7 +76,7 @@ class AppState:
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
         parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
@@ -147,6 +152,7 @@ class AppState:
 
     async def close(self) -> None:
         await self.sessions.close()
+        await self.responses.close()
         await asyncio.to_thread(self.models.close)
 
 
@@ -170,11 +176,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(models_router)
     app.include_router(router)
+    app.include_router(responses_router)
+    app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
-    if not settings.no_ui:
+    if settings.ui:
         from ferry.ui import mount_ui
 
         mount_ui(app)

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 from conftest import GEMMA_TEMPLATE
 
-from ferry.api.schemas import ChatCompletionRequest, CompletionRequest
 from ferry.engine.chat_prompt import control_pattern
 from ferry.engine.chat_template import ChatTemplate
 from ferry.engine.model import Model, bundled_model_path
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.services.completions import prepare_chat, prepare_completion
 from ferry.services.models import ChatModel
 

@@ -119,12 +119,17 @@ def _trie(texts: set[str]) -> str:
 
 
 def render_chat(template: ChatTemplate, model: Model, messages: list[dict[str, Any]], *,
-                add_generation_prompt: bool = True) -> RenderedChat:
-    """Render ``messages`` (client strings everywhere in them) into markup and plain segments."""
+                continue_final: bool = False) -> RenderedChat:
+    """Render ``messages`` (client strings everywhere in them) into markup and plain segments.
+    ``continue_final``: the last (assistant) message stays open and the answer continues it
+    (the conversation before it, the generation prompt, then its text)."""
     pattern = control_pattern(model)
-    if pattern is None:
-        text = template.render(messages, add_generation_prompt=add_generation_prompt)
-        return RenderedChat(((text, True),))
-    esc = _Escaper(pattern)
-    text = template.render(esc.escape(messages), add_generation_prompt=add_generation_prompt)
-    return RenderedChat(esc.segments(text))
+    esc = _Escaper(pattern) if pattern is not None else None
+    if esc is not None:
+        messages = esc.escape(messages)
+    if continue_final:
+        *head, last = messages
+        text = template.render(head, add_generation_prompt=True) + last["content"]
+    else:
+        text = template.render(messages, add_generation_prompt=True)
+    return RenderedChat(esc.segments(text) if esc is not None else ((text, True),))

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from ferry.engine.chat_template import ChatTemplate
 from ferry.engine.engine import Engine, EngineConfig
 from ferry.engine.model import Model
 from ferry.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from ferry.structured.vocab import TokenVocab
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ class ChatModel:
     @property
     def model(self) -> Model:
         return self.engine.model
+
+    @functools.cached_property
+    def token_vocab(self) -> TokenVocab:
+        """The vocabulary as structured outputs read it (built on first use)."""
+        return TokenVocab.from_gguf_vocab(self.model.vocab)
 
     def require_template(self) -> ChatTemplate:
         if self.template is None:
