@@ -21,7 +21,7 @@ CMAKE_ARGS_vulkan := -DGGML_VULKAN=on
 LLAMA_CMAKE_ARGS  ?=
 BUILD_ENV := CMAKE_ARGS="$(strip $(CMAKE_ARGS_$(ACCEL)) $(LLAMA_CMAKE_ARGS))" \
              CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || sysctl -n hw.ncpu)
-APT    := redis-server espeak-ng ffmpeg chromium sox
+APT    := redis-server espeak-ng ffmpeg chromium sox openssl
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 

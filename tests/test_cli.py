@@ -32,6 +32,12 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     (("--cache-type-k", "q5_1"), "--cache-type-k"),
     (("--cache-type-v", "bf16"), "--cache-type-v"),
     (("--cache-type-v", "q8_0", "--flash-attn", "off"), "--cache-type-v q8_0 needs flash attention"),
+    (("--ssl-certfile", "/nonexistent/cert.pem", "--ssl-keyfile", "/nonexistent/key.pem"),
+     "--ssl-certfile /nonexistent/cert.pem: no such file"),
+    (("--ssl-certfile", __file__), "--ssl-certfile and --ssl-keyfile go together"),
+    (("--max-connections", "-1"), "--max-connections"),
+    (("--log-format", "xml"), "--log-format"),
+    (("--streams-lookup-format", "ollama"), "--streams-lookup-format"),
 ])
 def test_bad_setting_exits_2_with_one_clear_line(args, says):
     r = serve(*args)

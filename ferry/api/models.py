@@ -103,6 +103,11 @@ def describe(state) -> list[ModelObject]:
         st = reg.state_of(s)
         out.append(ModelObject(id=mid, created=s.created, kind=s.spec.kind,
                                loaded=st in ("loaded", "unloading"), state=st))
+    for alias in reg.aliases:  # --alias names, in the state of the model they name
+        s = reg.slot(alias)
+        st = reg.state_of(s)
+        out.append(ModelObject(id=alias, created=s.created, kind=s.spec.kind,
+                               loaded=st in ("loaded", "unloading"), state=st))
     for name, loaded in _transcribers(state):
         out.append(ModelObject(id=name, created=state.started, kind="transcription",
                                loaded=loaded, state="loaded" if loaded else "unloaded"))
