@@ -31,7 +31,9 @@ from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
 from ferry.audio.transcriber import Transcriber
+from ferry.engine import hardware
 from ferry.engine.engine import EngineConfig
+from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
@@ -80,7 +82,7 @@ class AppState:
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                             speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model)
+                            draft_model=s.draft_model, placement=Placement.from_settings(s))
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
@@ -147,6 +149,7 @@ class AppState:
         self.metrics.retire(cm.id, cm.engine)
 
     async def load(self) -> None:
+        log.info("%s", hardware.summary_line())
         try:
             await self.models.start()
         except Exception as e:  # reported by /health; the process keeps answering
@@ -196,9 +199,8 @@ def _url_host(host: str) -> str:
 
 
 def _backend() -> str:
-    import llama_cpp
-
-    return "gpu offload" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+    """The accelerator llama.cpp offloads to (cuda, metal, vulkan), or cpu (hardware.py)."""
+    return hardware.backend_name().lower()
 
 
 def _cli_spec(alias: str | None, ref: str) -> ModelSpec:

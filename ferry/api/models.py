@@ -16,6 +16,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from ferry.engine import hardware
 from ferry.errors import FerryError, InvalidRequest, ServiceUnavailable
 
 router = APIRouter()
@@ -64,8 +65,23 @@ class ModelHealth(BaseModel):
     step_python_us: dict[int, float] | None = None  # mean non-decode time per step, by batch
 
 
+class DeviceInfo(BaseModel):
+    name: str  # llama.cpp's device name: CPU, CUDA0, Metal, Vulkan0
+    description: str
+    type: str  # cpu | gpu | igpu | accel
+    memory_total: int  # bytes
+    memory_free: int
+
+
+class HardwareInfo(BaseModel):
+    backend: str  # the accelerator backend llama.cpp offloads to, or CPU
+    gpu_offload: bool  # llama_supports_gpu_offload
+    devices: list[DeviceInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
+    hardware: HardwareInfo
     models: dict[str, ModelHealth]
 
 
@@ -152,7 +168,7 @@ async def health(request: Request):
         models[mid] = h
     for name, loaded in _transcribers(state):
         models[name] = ModelHealth(kind="transcription", state="loaded" if loaded else "unloaded")
-    return Health(status="ok", models=models)
+    return Health(status="ok", hardware=HardwareInfo(**hardware.summary()), models=models)
 
 
 async def chat_model_lease(request: Request) -> AsyncIterator[None]:
