@@ -95,6 +95,8 @@ def test_a_name_downloads_with_progress_then_starts_from_the_cache_and_offline(s
 
 @pytest.mark.parametrize(("model", "extra", "says"), [
     ("ferry-test/no-such-repo:Q4_K_M", {}, "no such repository"),
+    ("models/my-model", {}, "no such repository (or it is private: set HF_TOKEN); nor a local "
+                            "file of that name"),
     (f"{REPO}:Q5_K_S", {}, "no Q5_K_S file; the repository has SmolLM2-135M-Instruct.Q4_1.gguf"),
     (REPO, {}, "several GGUF files"),
     (f"hf://{REPO}/missing.gguf", {}, "no such file in the repository"),
