@@ -132,13 +132,14 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
     protocol = type("FerryHttpProtocol", (HalfCloseProtocol,),
                     {"header_timeout": settings.header_timeout,
                      "max_connections": settings.max_connections, "admitted": set()})
-    extra = {"log_config": None} if settings.log_format == "json" else {}  # root's JSON handler
+    # JSON lines: uvicorn's loggers propagate to the root's JSON handler instead of their own
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
                           http=protocol, lifespan="on", access_log=False,
                           timeout_graceful_shutdown=settings.shutdown_timeout,
                           log_level=settings.log_level.lower(), server_header=False,
                           ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
-                          **extra)
+                          log_config=log_config)
 
 
 def serve(settings: Settings) -> int:
