@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,8 +78,12 @@ class PromptCache:
     """See the module docstring. ``min_restore``: fewest tokens worth a RAM restore (below it,
     recomputing is cheaper) and worth saving to RAM at all."""
 
-    def __init__(self, backend: KvBackend, ram_budget: int, min_restore: int = 2 * BLOCK) -> None:
+    def __init__(self, backend: KvBackend, ram_budget: int, min_restore: int = 2 * BLOCK,
+                 keep: Callable[[int, int], int] | None = None) -> None:
         self.kv = backend
+        # keep(seq_id, n): n if the first n cells of seq_id can be continued from, else fewer
+        # (sliding-window layers that dropped cells); None: always n
+        self.keep = keep or (lambda seq_id, n: n)
         self.ram_budget = ram_budget
         self.min_restore = max(min_restore, BLOCK)
         self.index = PrefixIndex()
@@ -105,6 +109,8 @@ class PromptCache:
         tier = entry.tier.value
         if entry.tier is Tier.POOL:
             assert entry.seq_id is not None
+            if self.keep(entry.seq_id, n) < n:
+                return 0, freed
             self.kv.copy(entry.seq_id, dst, n)
         else:
             if n < self.min_restore:
