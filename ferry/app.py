@@ -32,8 +32,8 @@ from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
 from ferry.audio.transcriber import Transcriber
-from ferry.engine.cache import namespace
 from ferry.engine import hardware
+from ferry.engine.cache import namespace
 from ferry.engine.engine import EngineConfig
 from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path

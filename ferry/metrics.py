@@ -44,12 +44,13 @@ _ENGINE_COUNTERS = {
 
 # prompt cache: status() key -> (metric name, help); one series per tier
 _CACHE_COUNTERS = {
-    "hits": ("ferry_prompt_cache_hits", "Sequences that reused a cached prompt prefix, by the "
-             "tier it came from (pool: KV pool; ram: restored from host RAM)"),
-    "restored_tokens": ("ferry_prompt_cache_restored_tokens", "Prompt tokens taken from the "
-                        "cache instead of computed, by tier (computed ones: ferry_prompt_tokens)"),
-    "evictions": ("ferry_prompt_cache_evictions", "Cache entries evicted, by the tier they left "
-                  "(pool: moved to RAM or dropped; ram: dropped)"),
+    "hits": ("ferry_prompt_cache_hits", ("Sequences that reused a cached prompt prefix, by the "
+                                         "tier it came from (pool: KV pool; ram: host RAM)")),
+    "restored_tokens": ("ferry_prompt_cache_restored_tokens",
+                        ("Prompt tokens taken from the cache instead of computed, by tier "
+                         "(computed ones: ferry_prompt_tokens)")),
+    "evictions": ("ferry_prompt_cache_evictions", ("Cache entries evicted, by the tier they left "
+                                                   "(pool: moved to RAM or dropped; ram: dropped)")),
 }
 _CACHE_GAUGES = {
     "bytes": ("ferry_prompt_cache_bytes", "Bytes held by the prompt cache, by tier"),

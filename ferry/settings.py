@@ -201,9 +201,9 @@ class SecurityOptions(BaseModel):
 
     group: ClassVar[str] = "security"
 
-    cache_share_across_keys: bool = Field(False, description="let requests reuse cached prompt "
-                                          "prefixes of other API keys (default: each key, and "
-                                          "each request's cache_salt, has its own cache)")
+    cache_share_across_keys: bool = Field(False, description="reuse cached prompt prefixes "
+                                          "across API keys (otherwise each key and each "
+                                          "cache_salt has a cache of its own)")
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API key; repeatable (env: comma-separated)",
         json_schema_extra=_meta("KEY", "none: no key needed"))

@@ -12,8 +12,8 @@ Invariants:
   clears the slot and says so (returns 0), so the caller recomputes. Sliding-window layers keep
   only the last ``n_swa`` + ``n_ubatch`` positions per slot (``swa_full = False``, as in
   llama-server): a trim to a position whose window was already overwritten keeps nothing.
-  Recurrent and hybrid memories cannot drop a tail at all. ``run`` checks the plan's trims and
-  copies against this (the scheduler asked ``keepable`` when it planned them).
+  Recurrent and hybrid memories cannot drop a tail at all. ``run`` checks the plan's copies
+  against this (the scheduler asked ``keepable`` when it planned them).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
@@ -180,9 +180,6 @@ class Runner:
     def run(self, plan: StepPlan) -> dict[int, int]:
         """Decode every piece of work in one batch; return {sequence id: first logits row}
         (a work item's ``n_logits`` rows are contiguous from there)."""
-        for slot, keep in plan.trims:
-            if self.trim(slot, keep) != keep:
-                raise DecodeError(f"slot {slot} could not keep {keep} KV cells as planned")
         for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
             if self.keepable(src, keep) != keep:
