@@ -85,7 +85,7 @@ class AppState:
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                             speculative=s.speculative, draft_max=s.draft_max,
                             draft_model=s.draft_model, placement=Placement.from_settings(s),
-                            cache_ram_mib=s.cache_ram)
+                            cache_ram_mib=s.cache_ram, kv_unified=s.kv_unified)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []

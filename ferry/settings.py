@@ -99,10 +99,14 @@ class EngineOptions(BaseModel):
     group: ClassVar[str] = "engine"
 
     parallel: int = Field(8, ge=1, le=256, description="max sequences decoded together (slots)")
-    ctx_size: int = Field(0, ge=0, description="KV-pool cells shared by all sequences (one "
-                          "unified KV): a request may use up to all of them, within the model's "
-                          "trained context (0 = the trained context, at least 2048 per slot, "
-                          "capped at a quarter of RAM)")
+    ctx_size: int = Field(0, ge=0, description="KV-cache cells of all sequences together: with "
+                          "--kv-unified one request may use up to all of them, else each slot "
+                          "gets ctx_size/parallel (0 = the model's trained context, at least "
+                          "2048 per slot, capped at a quarter of RAM)")
+    kv_unified: bool = Field(False, description="one KV pool shared by all sequences, so a "
+                             "request may use all of --ctx-size while others are short (default: "
+                             "--ctx-size/--parallel cells per slot, and outputs that never depend "
+                             "on other requests' KV placement)")
     cache_ram: int = Field(8192, ge=0, description="MiB of host RAM for the prompt cache: cached "
                            "prompts that no longer fit the KV pool are saved there and restored "
                            "on a prefix hit, least recently used evicted first (0 disables the "

@@ -21,8 +21,17 @@ POOL = 1024  # cells in the test server's KV pool: 512 per slot if it were split
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[FerryServer]:
+    """The default KV layout: a stream of POOL / 2 cells per slot."""
     s = FerryServer("--parallel", "2", "--ctx-size", str(POOL), "--cache-ram", "64",
                     "--api-key", "k1", "--api-key", "k2")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def unified() -> Iterator[FerryServer]:
+    s = FerryServer("--parallel", "2", "--ctx-size", str(POOL), "--kv-unified",
+                    "--api-key", "k1")
     yield s
     s.stop()
 
@@ -59,8 +68,8 @@ def cache_metrics(srv: FerryServer, key: str = "k1") -> dict[tuple[str, str], fl
 # ---- one KV pool (issue 15) ----------------------------------------------------------------------
 
 
-def test_unified_pool_lets_one_request_use_more_than_its_share_while_another_runs(srv):
-    c = client(srv)
+def test_unified_pool_lets_one_request_use_more_than_its_share_while_another_runs(unified):
+    c = client(unified)
     long_doc = document(1) + " " + document(2)  # ~700 tokens: more than POOL / 2
     box: dict = {}
 
@@ -76,17 +85,23 @@ def test_unified_pool_lets_one_request_use_more_than_its_share_while_another_run
     assert box["other"].usage.completion_tokens > 0
 
 
-def test_a_request_beyond_the_pool_is_a_400_stating_both_numbers(srv):
-    c = client(srv)
+def test_a_request_beyond_the_pool_is_a_400_stating_both_numbers(unified, srv):
+    c = client(unified)
     with pytest.raises(openai.BadRequestError) as e:
         chat(c, [{"role": "user", "content": document(3) + document(4)}], max_tokens=400)
     msg = e.value.body["message"]
     assert str(POOL) in msg and "400 for the completion" in msg
+    with pytest.raises(openai.BadRequestError) as e:  # a slot's own stream: half the cells
+        chat(client(srv), [{"role": "user", "content": document(3)}], max_tokens=400)
+    assert str(POOL // 2) in e.value.body["message"]
 
 
-def test_model_metadata_reports_the_per_request_limit(srv):
-    m = httpx.get(srv.url + "/v1/models/default", headers={"Authorization": "Bearer k1"}).json()
-    assert m["max_model_len"] == POOL and m["kv_pool_cells"] == POOL
+def test_model_metadata_reports_the_per_request_limit(unified, srv):
+    def meta(s: FerryServer) -> dict:
+        return httpx.get(s.url + "/v1/models/default",
+                         headers={"Authorization": "Bearer k1"}).json()
+    assert meta(unified)["max_model_len"] == POOL and meta(unified)["kv_pool_cells"] == POOL
+    assert meta(srv)["max_model_len"] == POOL // 2 and meta(srv)["kv_pool_cells"] == POOL
 
 
 # ---- exactness across tiers ----------------------------------------------------------------------

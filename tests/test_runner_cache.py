@@ -12,12 +12,18 @@ from ferry.engine.sequence import SamplingParams, Sequence
 
 
 @pytest.fixture(scope="module")
-def runner():
-    model = Model(bundled_model_path())
-    r = Runner(model, RunnerConfig(512, 2, 2, 256, n_seq_max=8))
+def model():
+    m = Model(bundled_model_path())
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["unified", "streams"])
+def runner(model, request):
+    r = Runner(model, RunnerConfig(512 if request.param else 1024, 2, 2, 256, n_seq_max=4,
+                                   kv_unified=request.param))
     yield r
     r.close()
-    model.close()
 
 
 def prefill(r: Runner, slot: int, tokens: list[int]) -> None:
@@ -34,25 +40,29 @@ def test_restore_and_copy_hold_the_saved_kv_byte_for_byte(runner):
     assert len(saved) >= runner.bytes_per_cell * len(tokens)
     runner.clear_slot(0)
     assert runner.restore(bytearray_blob(saved), 3)
-    runner.copy(3, 4, len(tokens))
-    for slot in (3, 4):  # back under id 0, the state reads the same as the original's
+    runner.copy(3, 2, len(tokens))
+    runner.clear_slot(1)
+    prefill(runner, 1, tokens[:2])  # a decode: streams copy at the next one
+    for slot in (3, 2):  # back under id 0, the state reads the same as the original's
         blob = runner.save(slot)
         runner.clear_slot(0)
         assert runner.restore(blob, 0)
         assert bytes(runner.save(0)) == saved
-    assert runner.trim(4, 10) == 10 and runner.trim(4, 0) == 0
+    assert runner.trim(2, 10) == 10 and runner.trim(2, 0) == 0
 
 
 def test_a_restore_without_room_fails_cleanly(runner):
+    if not runner.unified:
+        pytest.skip("a stream always has room for what it held")
     tokens = runner.model.tokenize("word " * 300)[:240]
-    for slot in range(8):
+    for slot in range(4):
         runner.clear_slot(slot)
     prefill(runner, 0, tokens)
     blob = runner.save(0)
     prefill(runner, 1, tokens)  # the blob's 240 cells and these 440 exceed the pool's 512
     runner.clear_slot(0)
     prefill(runner, 2, tokens[:200])
-    assert not runner.restore(blob, 5)
+    assert not runner.restore(blob, 3)
 
 
 def bytearray_blob(data: bytes):

@@ -46,6 +46,7 @@ class EngineConfig:
     draft_model: str | None = None  # GGUF path, for speculative == "draft"
     placement: Placement = field(default_factory=Placement)  # GPU offload, KV types (hardware.py)
     cache_ram_mib: int = 8192  # prompt cache in host RAM (0: only what stays in the KV pool)
+    kv_unified: bool = False  # one KV pool for all sequences (else a stream per slot)
 
 
 @dataclass(slots=True)
@@ -71,15 +72,17 @@ class Engine:
         self.model = model
         self.cfg = cfg
         n_ctx = cfg.n_ctx or default_pool_cells(model, cfg.n_slots)
-        # ids beyond the running sequences hold prompt-cache entries in the pool
+        # unified: ids beyond the running sequences hold prompt-cache entries in the pool; else
+        # the cache's pool tier is the idle slots' streams
+        n_ids = min(LLAMA_MAX_SEQ, 4 * cfg.n_slots + 8) if cfg.kv_unified else cfg.n_slots
         rcfg = RunnerConfig(n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch, cfg.placement,
-                            n_seq_max=min(LLAMA_MAX_SEQ, 4 * cfg.n_slots + 8))
+                            n_seq_max=n_ids, kv_unified=cfg.kv_unified)
         self.runner = Runner(model, rcfg)
-        self.n_ctx_seq = min(self.runner.n_ctx, model.n_ctx_train or self.runner.n_ctx)
+        self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
         headroom = 1 + (cfg.draft_max if cfg.speculative != "none" else 0)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
                                    self.n_ctx_seq, kv=self.runner, n_seq_ids=rcfg.n_seq_max,
-                                   pool_cells=self.runner.n_ctx,
+                                   pool_cells=self.runner.n_ctx if cfg.kv_unified else None,
                                    ram_budget=cfg.cache_ram_mib << 20, headroom=headroom,
                                    kv_keep=self.runner.keepable)
         self.draft: DraftModel | None = None
