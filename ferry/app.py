@@ -44,6 +44,17 @@ from ferry.vision.images import ImagePolicy
 log = logging.getLogger(__name__)
 
 
+def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
+    """The engine's configuration from the settings (and a --models-config entry's own)."""
+    parallel = (spec and spec.parallel) or s.parallel
+    n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
+    return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
+                        n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
+                        max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+                        speculative=s.speculative, draft_max=s.draft_max,
+                        draft_model=s.draft_model)
+
+
 class AppState:
     """Everything a route needs, owned by the app (no module globals)."""
 
@@ -67,14 +78,7 @@ class AppState:
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
 
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
-        s = self.settings
-        parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
-        return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
-                            n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
-                            max_queue=s.max_queue, queue_timeout=s.queue_timeout,
-                            speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model)
+        return engine_config(self.settings, spec)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []

@@ -144,11 +144,11 @@ class _ScrapeCollector:
         totals: dict[str, dict[str, float]] = {m: dict(c) for m, c in self.m._carry.items()}
         for mid, eng in engines.items():
             st = eng.status()
-            gauges["running"].add_metric([mid], st["running"])
-            gauges["waiting"].add_metric([mid], st["waiting"])
-            gauges["kv"].add_metric([mid], st["kv_cells_used"])
-            cells = max(1, st["n_ctx_seq"] * st["slots"])
-            gauges["kv_frac"].add_metric([mid], st["kv_cells_used"] / cells)
+            gauges["running"].add_metric([mid], st.running)
+            gauges["waiting"].add_metric([mid], st.waiting)
+            gauges["kv"].add_metric([mid], st.kv_cells_used)
+            cells = max(1, st.n_ctx_seq * st.slots)
+            gauges["kv_frac"].add_metric([mid], st.kv_cells_used / cells)
             acc = totals.setdefault(mid, {})
             for k, v in engine_totals(eng).items():
                 acc[k] = acc.get(k, 0.0) + v

@@ -10,6 +10,7 @@ queue keeps the model busy until the sequences finish. Other routes pass straigh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -141,7 +142,8 @@ async def health(request: Request):
     for mid, s in reg.slots.items():
         h = ModelHealth(kind=s.spec.kind, state=reg.state_of(s))
         if mid in reg.chat:
-            h = ModelHealth(kind="chat", state=h.state, **reg.chat[mid].engine.status())
+            h = ModelHealth(kind="chat", state=h.state,
+                            **dataclasses.asdict(reg.chat[mid].engine.status()))
         models[mid] = h
     for name, loaded in _transcribers(state):
         models[name] = ModelHealth(kind="transcription", state="loaded" if loaded else "unloaded")

@@ -36,7 +36,7 @@ class RunnerConfig:
     n_ctx: int
     n_slots: int
     n_threads: int
-    n_batch: int = 512
+    n_batch: int
 
 
 class DecodeError(RuntimeError):
