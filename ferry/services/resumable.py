@@ -16,10 +16,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from ferry.errors import FerryError
 from ferry.services.generation import Generation
 from ferry.sse import PING, Event, encode
 from ferry.streams import Session, StreamStore
-from ferry.errors import FerryError
 
 log = logging.getLogger(__name__)
 
