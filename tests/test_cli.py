@@ -22,6 +22,12 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     (("--draft-max", "0"), "--draft-max"),
     (("--draft-max", "65"), "--draft-max"),
     (("--parallel", "0"), "--parallel"),
+    (("--ssl-certfile", "/nonexistent/cert.pem", "--ssl-keyfile", "/nonexistent/key.pem"),
+     "--ssl-certfile /nonexistent/cert.pem: no such file"),
+    (("--ssl-certfile", __file__), "--ssl-certfile and --ssl-keyfile go together"),
+    (("--max-connections", "-1"), "--max-connections"),
+    (("--log-format", "xml"), "--log-format"),
+    (("--streams-lookup-format", "ollama"), "--streams-lookup-format"),
 ])
 def test_bad_setting_exits_2_with_one_clear_line(args, says):
     r = serve(*args)

@@ -48,7 +48,7 @@ def test_every_flag_shows_a_metavar_and_its_default(help_text):
         if f.metavar is None:  # an on/off switch: both spellings, no value
             assert entry.startswith(f"{f.flag}, --no-{f.flag[2:]} "), entry
         else:
-            assert re.fullmatch(r"[A-Z]+|\{[a-z,]+\}", f.metavar), f.metavar
+            assert re.fullmatch(r"[A-Z]+|\{[a-z,-]+\}", f.metavar), f.metavar
             assert entry.startswith(f"{f.flag} {f.metavar} "), entry
         assert entry.endswith(f"(default: {f.default})"), entry
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -11,6 +13,7 @@ from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id
 
 router = APIRouter()
+LookupFormat = Literal["ferry", "llama-server"]
 
 
 class LookupRequest(BaseModel):
@@ -52,9 +55,19 @@ async def delete_stream(request: Request, conv_id: str) -> Response:
 
 
 @router.post("/v1/streams/lookup")
-async def lookup_streams(body: LookupRequest, request: Request) -> JSONResponse:
+async def lookup_streams(body: LookupRequest, request: Request,
+                         format: Annotated[LookupFormat | None, Query()] = None) -> JSONResponse:
+    """Ferry's shape ``{"object": "list", "data": [...]}`` (times in float seconds,
+    ``completed_at`` null while running), or llama-server's (a bare array, integer seconds,
+    ``completed_at`` 0 while running) with ``?format=llama-server`` or
+    ``--streams-lookup-format llama-server``."""
     ids = [check_conv_id(c, param="conversation_ids") for c in body.conversation_ids]
-    infos = await app_state(request).sessions.store.lookup(ids, _owner(request))
+    state = app_state(request)
+    infos = await state.sessions.store.lookup(ids, _owner(request))
+    if (format or state.settings.streams_lookup_format) == "llama-server":
+        return JSONResponse([{"conversation_id": i.conversation_id, "is_done": i.is_done,
+                              "total_bytes": i.total_bytes, "started_at": int(i.started_at),
+                              "completed_at": int(i.completed_at or 0)} for i in infos])
     return JSONResponse({"object": "list", "data": [
         {"conversation_id": i.conversation_id, "is_done": i.is_done,
          "total_bytes": i.total_bytes, "started_at": i.started_at,

@@ -309,6 +309,8 @@ class Engine:
     def _final(self, seq: Sequence, text: str, reason: str, lp=None, toks=None) -> Output:
         o = Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
                    seq.num_cached)
+        if seq.detok is not None and seq.detok.stopped:
+            o.stop_sequence = seq.detok.matched
         if seq.drafter is not None:
             o.num_drafted_tokens = seq.drafter.policy.total_drafted
             o.num_accepted_tokens = seq.drafter.policy.total_accepted

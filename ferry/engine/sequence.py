@@ -93,6 +93,7 @@ class Output:
     # speculative tokens drafted for / accepted into this sequence (set on the final Output only)
     num_drafted_tokens: int = 0
     num_accepted_tokens: int = 0
+    stop_sequence: str | None = None  # the stop string that ended it (final Output only)
 
 
 class Sequence:

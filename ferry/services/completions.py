@@ -88,7 +88,10 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
     marker = cm.projector.marker if images is not None else ""
     messages = template_messages(req, cm.id, marker, images_allowed=images is not None)
     messages, constraint, use_tools = _structure(req, cm, messages)
-    text = cm.require_template().render(messages, add_generation_prompt=True)
+    if use_tools and req.continue_final_message:
+        raise InvalidRequest("a final assistant message to continue cannot be combined with "
+                             "tools", param="messages")
+    text = _render(cm.require_template(), messages, req.continue_final_message)
     prompt, spans = _tokenize_chat(cm, text, images)
     mt = budget(len(prompt), req.token_limit, cm.engine.n_ctx_seq)
     params = req.to_sampling_params(cm.model.n_vocab)
@@ -154,6 +157,15 @@ def _tokenize_chat(cm: ChatModel, text: str, images: list[ImageInput] | None
     return prompt, spans
 
 
+def _render(template, messages: list[dict], prefill: bool) -> str:
+    """The prompt; with ``prefill`` the final assistant message stays open and the answer
+    continues it (rendered as the conversation before it, the generation prompt, its text)."""
+    if not prefill:
+        return template.render(messages, add_generation_prompt=True)
+    *head, last = messages
+    return template.render(head, add_generation_prompt=True) + last["content"]
+
+
 def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batch: int) -> None:
     """An image is decoded in one batch, so it may not have more tokens than a batch holds."""
     for span, im in zip(spans, images):  # one span per image (no tiling projectors here)
@@ -165,9 +177,9 @@ def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batc
 def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | None]:
     """The assistant message (with tool_calls in tool mode) and the final finish_reason."""
     if not job.tools:
-        return {"role": "assistant", "content": text, "refusal": None}, finish
+        return {"role": "assistant", "content": text, "refusal": None, "annotations": []}, finish
     content, calls = tools.parse_tool_output(text)
-    msg: dict = {"role": "assistant", "content": content, "refusal": None}
+    msg: dict = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     if calls:
         msg["tool_calls"] = [c.to_dict() for c in calls]
         if finish == "stop":

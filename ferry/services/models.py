@@ -19,6 +19,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -55,6 +56,7 @@ class ModelSpec:
     parallel: int | None = None  # slots (chat) or concurrent forwards (embedding)
     chat_template: str | None = None
     mmproj: str | None = None  # multimodal projector (chat): image_url parts are accepted
+    hub: str | None = None  # a Hugging Face name (ferry.hub); path is "" until it is downloaded
 
 
 @dataclass
@@ -162,8 +164,10 @@ class ModelRegistry:
                  transcription_concurrency: int = 1,
                  on_chat_loaded: Callable[[ChatModel], None] | None = None,
                  on_chat_unloaded: Callable[[ChatModel], None] | None = None,
-                 load_timeout: float = 600.0) -> None:
-        """``aliases``: more names for configured models (``whisper-1`` -> ``whisper-tiny.en``)."""
+                 load_timeout: float = 600.0, any_model: bool = False) -> None:
+        """``aliases``: more names for configured models (``--alias``, ``whisper-1`` ->
+        ``whisper-tiny.en``; a target may be "default"). ``any_model``: an unknown name is the
+        default model of the kind asked for, not a 404."""
         self.entries: dict[str, ModelEntry] = {}
         for s in specs:
             if s.kind not in KINDS:
@@ -171,8 +175,9 @@ class ModelRegistry:
             if s.id in self.entries:
                 raise ValueError(f"model id {s.id!r} is configured twice")
             self.entries[s.id] = ModelEntry(s)
-        self.aliases = {a: t for a, t in (aliases or {}).items() if t in self.entries}
         self.default: str | None = next((s.id for s in specs if s.kind == "chat"), None)
+        self.aliases = dict(aliases or {})  # extra name -> a model id (or "default")
+        self.any_model = any_model
         self.ready = False
         self._engine_config = engine_config
         self._chat_template = chat_template
@@ -195,30 +200,46 @@ class ModelRegistry:
 
     def names(self) -> list[tuple[str, ModelEntry]]:
         """Every name a client may use, with its entry: ids, then aliases."""
-        return [*self.entries.items(), *((a, self.entries[t]) for a, t in self.aliases.items())]
+        aliased = ((a, self._find(a)) for a in self.aliases)
+        return [*self.entries.items(), *((a, s) for a, s in aliased if s is not None)]
+
+    def ids(self, kind: str | None = None) -> list[str]:
+        """Ids and aliases of the configured models (of ``kind`` if given)."""
+        return [n for n, s in self.names() if kind is None or s.spec.kind == kind]
 
     def entry(self, name: str | None, kind: str | None = None) -> ModelEntry:
         """The configured model ``name`` (None/"default" = the default chat model, or the first
-        embedding model when ``kind`` is "embedding"); 404 if unknown, 400 if it is of another
-        kind than ``kind``."""
-        if not name and kind == "embedding":
-            name = next((i for i, x in self.entries.items() if x.spec.kind == "embedding"), None)
+        model of ``kind`` for embeddings and transcriptions; an alias = its target). An unknown
+        name is a 404 listing the ids, or with ``any_model`` the default model of ``kind``; a
+        model of another kind than ``kind`` is a 400."""
+        if not name and kind in ("embedding", "transcription"):
+            name = next((i for i, x in self.entries.items() if x.spec.kind == kind), None)
             if name is None:
-                raise ModelNotFound("no embedding model is configured", param="model")
+                raise ModelNotFound(f"no {kind} model is configured", param="model")
         if not name or name == "default":
             if self.default is None:
                 raise ModelNotFound("no chat model is configured", param="model")
             name = self.default
-        s = self.entries.get(self.aliases.get(name, name))
+        s = self._find(name)
+        if s is None and self.any_model and kind is not None:
+            return self.entry(None, kind)
         if s is None:
-            s = next((x for x in self.entries.values()
-                      if name in (Path(x.spec.path).name, x.spec.path)), None)
-        if s is None:
-            raise ModelNotFound(f"The model `{name}` does not exist", param="model")
+            raise ModelNotFound(f"The model `{name}` does not exist; available models: "
+                                f"{', '.join(self.ids(kind))}", param="model")
         if kind is not None and s.spec.kind != kind:
             raise InvalidRequest(f"model {s.spec.id!r} is a {s.spec.kind} model and cannot serve "
                                  f"this endpoint; use it with {ENDPOINTS[s.spec.kind]}",
                                  param="model", code="model_not_supported")
+        return s
+
+    def _find(self, name: str) -> ModelEntry | None:
+        target = self.aliases.get(name, name)
+        if target == "default" and self.default is not None:
+            target = self.default
+        s = self.entries.get(target)
+        if s is None:
+            s = next((x for x in self.entries.values()
+                      if name in (Path(x.spec.path).name, x.spec.path)), None)
         return s
 
     # ---- leases, loading, eviction -----------------------------------------------------------
@@ -246,11 +267,24 @@ class ModelRegistry:
         return s.loaded
 
     async def load(self, name: str) -> ModelEntry:
+        """Load ``name`` now; a hub model not yet in the cache is downloaded first."""
         s = self.entry(name)
+        if s.spec.hub and not s.spec.path:
+            from ferry import hub
+
+            try:
+                path = await asyncio.to_thread(hub.resolve, hub.parse(s.spec.hub))
+            except hub.HubError as e:
+                raise ServiceUnavailable(str(e), code="model_download_failed") from None
+            s.spec = dataclasses.replace(s.spec, path=path or "")
         await self._ensure_loaded(s)
         return s
 
     async def _ensure_loaded(self, s: ModelEntry) -> None:
+        if not s.spec.path:  # never download for a request: only start-up and load() do
+            raise ServiceUnavailable(f"model {s.spec.id!r} is not downloaded yet; POST "
+                                     f"/v1/models/{s.spec.id}/load fetches it",
+                                     code="model_not_downloaded")
         deadline = time.monotonic() + self._load_timeout
         while True:
             while s.draining:
