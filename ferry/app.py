@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -28,7 +29,9 @@ from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
+from ferry.engine import hardware
 from ferry.engine.engine import EngineConfig
+from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
@@ -55,7 +58,7 @@ def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
                         n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                         max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                         speculative=s.speculative, draft_max=s.draft_max,
-                        draft_model=s.draft_model)
+                        draft_model=s.draft_model, placement=Placement.from_settings(s))
 
 
 class AppState:
@@ -142,6 +145,7 @@ class AppState:
         self.metrics.retire(cm.id, cm.engine)
 
     async def load(self) -> None:
+        log.info("%s", hardware.summary_line())
         try:
             await self.models.start()
         except Exception as e:  # reported by /health; the process keeps answering
@@ -191,14 +195,15 @@ def _url_host(host: str) -> str:
 
 
 def _backend() -> str:
-    import llama_cpp
-
-    return "gpu offload" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+    """The accelerator llama.cpp offloads to (cuda, metal, vulkan), or cpu (hardware.py)."""
+    return hardware.backend_name().lower()
 
 
 def _cli_spec(alias: str | None, ref: str) -> ModelSpec:
     name = hub.parse(ref)
     if name is None:
+        if not os.path.exists(ref):
+            raise ValueError(f"--model {ref}: no such file")
         return ModelSpec(alias or model_id_for(ref), ref)
     return ModelSpec(alias or name.model_id, hub.resolve(name) or "", hub=str(name))
 

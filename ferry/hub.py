@@ -85,8 +85,11 @@ def resolve(ref: HubRef, *, download: bool = True) -> str | None:
         return _download(ref, files)
     except HubError:
         raise
-    except Exception as e:
-        raise HubError(f"model {ref}: {_explain(e)}") from None
+    except Exception as e:  # huggingface_hub's HTTP, offline, cache errors
+        says = _explain(e)
+        if says.startswith("no such repository") and not (ref.quant or ref.filename):
+            says += "; nor a local file of that name"
+        raise HubError(f"model {ref}: {says}") from None
 
 
 def _offline() -> bool:

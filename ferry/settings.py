@@ -129,6 +129,31 @@ class EngineOptions(FlagGroup):
                                     json_schema_extra=_meta("PATH", "none"))
 
 
+class HardwareOptions(FlagGroup):
+    """Where weights and KV cache live (GPU offload, KV-cache types, loading); the chat, draft
+    and embedding models all take these."""
+
+    group: ClassVar[str] = "hardware"
+
+    n_gpu_layers: int | None = Field(
+        None, ge=-1, description="model layers offloaded to the GPU, -1 = all",
+        json_schema_extra=_meta("N", "all with a GPU backend, else 0"))
+    main_gpu: int = Field(0, ge=0, description="index of the GPU that holds the whole model "
+                          "(without --tensor-split) among the GPUs llama.cpp sees",
+                          json_schema_extra=_meta("INDEX"))
+    tensor_split: Annotated[list[float], NoDecode] = Field(
+        default_factory=list, description="share of the model per GPU, comma-separated "
+        "(e.g. 3,1)", json_schema_extra=_meta("SHARES", "by free memory"))
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="flash attention: auto (where the backend supports it), on, off")
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of K: q8_0 halves KV memory, q4_0 quarters it")
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of V (a quantized V cache needs flash attention)")
+    mmap: bool = Field(True, description="map the model file into memory (--no-mmap: read it in)")
+    mlock: bool = Field(False, description="lock the model in RAM (never swapped out)")
+
+
 class StreamOptions(FlagGroup):
     """Server-sent event streams and the resumable stream store."""
 
@@ -192,19 +217,20 @@ class SecurityOptions(FlagGroup):
                                    "URIs only")
 
 
-GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions, StreamOptions,
-                                       LimitOptions, SecurityOptions)
+GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions,
+                                       HardwareOptions, StreamOptions, LimitOptions,
+                                       SecurityOptions)
 
 
-class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, EngineOptions,
-               ModelOptions, ServerOptions):
+class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, HardwareOptions,
+               EngineOptions, ModelOptions, ServerOptions):
     """Serve the OpenAI-compatible API. Every flag is also an environment variable: FERRY_ and
     the flag's name (--parallel 8 = FERRY_PARALLEL=8; lists comma-separated)."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_", cli_kebab_case=True,
                                       cli_implicit_flags=True, extra="ignore")
 
-    @field_validator("model", "alias", "api_key", "cors_origins", mode="before")
+    @field_validator("model", "alias", "api_key", "cors_origins", "tensor_split", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
@@ -224,6 +250,25 @@ class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, Engin
             name, sep, target = item.partition("=")
             if not (sep and name.strip() and target.strip()):
                 raise ValueError(f"--alias {item}: expected NAME=MODEL")
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Settings:
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(f"--cache-type-v {self.cache_type_v} needs flash attention "
+                             "(--flash-attn auto or on)")
+        if any(x < 0 for x in self.tensor_split) or (self.tensor_split
+                                                      and sum(self.tensor_split) <= 0):
+            raise ValueError("--tensor-split: shares must be >= 0 and not all 0")
+        if self.main_gpu or len(self.tensor_split) > 1:
+            from ferry.engine import hardware  # loads llama.cpp: only when a GPU is named
+
+            n = len(hardware.gpus())
+            seen = f"llama.cpp sees {n} GPU{'s' * (n != 1)} (backend {hardware.backend_name()})"
+            if self.main_gpu >= max(n, 1):
+                raise ValueError(f"--main-gpu {self.main_gpu}: no such GPU; {seen}")
+            if len(self.tensor_split) > max(n, 1):
+                raise ValueError(f"--tensor-split has {len(self.tensor_split)} shares; {seen}")
         return self
 
     def aliases(self) -> dict[str, str]:

@@ -48,14 +48,15 @@ def test_every_flag_shows_a_metavar_and_its_default(help_text):
         if f.metavar is None:  # an on/off switch: both spellings, no value
             assert entry.startswith(f"{f.flag}, --no-{f.flag[2:]} "), entry
         else:
-            assert re.fullmatch(r"[A-Z]+|\{[a-z,-]+\}", f.metavar), f.metavar
+            assert re.fullmatch(r"[A-Z]+|\{[a-z0-9_,-]+\}", f.metavar), f.metavar
             assert entry.startswith(f"{f.flag} {f.metavar} "), entry
         assert entry.endswith(f"(default: {f.default})"), entry
 
 
 def test_help_groups_flags_like_llama_server(help_text):
     titles = re.findall(r"^([a-z]+):$", help_text, re.MULTILINE)
-    assert titles == ["options", "server", "models", "engine", "streams", "limits", "security"]
+    assert titles == ["options", "server", "models", "engine", "hardware", "streams", "limits",
+                      "security"]
     assert {g.group for g in GROUPS} == {f.group for f in flags()}
     section = help_text.split("\nengine:\n", 1)[1].split("\nstreams:\n", 1)[0]
     assert "--parallel N" in section and "--batch-size N" in section

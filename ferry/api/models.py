@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from ferry.api.deps import app_state
+from ferry.engine import hardware
 from ferry.errors import InvalidRequest, ServiceUnavailable
 from ferry.services.models import ChatModel
 
@@ -58,8 +59,23 @@ class ModelHealth(BaseModel):
     step_python_us: dict[int, float] | None = None  # mean non-decode time per step, by batch
 
 
+class DeviceInfo(BaseModel):
+    name: str  # llama.cpp's device name: CPU, CUDA0, Metal, Vulkan0
+    description: str
+    type: str  # cpu | gpu | igpu | accel
+    memory_total: int  # bytes
+    memory_free: int
+
+
+class HardwareInfo(BaseModel):
+    backend: str  # the accelerator backend llama.cpp offloads to, or CPU
+    gpu_offload: bool  # llama_supports_gpu_offload
+    devices: list[DeviceInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
+    hardware: HardwareInfo
     models: dict[str, ModelHealth]
 
 
@@ -123,4 +139,4 @@ async def health(request: Request) -> Health:
             h = ModelHealth(kind="chat", state=h.state,
                             **dataclasses.asdict(s.loaded.engine.status()))
         models[name] = h
-    return Health(status="ok", models=models)
+    return Health(status="ok", hardware=HardwareInfo(**hardware.summary()), models=models)

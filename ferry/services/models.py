@@ -381,12 +381,13 @@ class ModelRegistry:
 
             n = spec.parallel or self._emb_concurrency
             em = EmbeddingModel.from_dir(spec.path, name=spec.id, n_threads=self._emb_threads,
-                                         max_contexts=n)
+                                         max_contexts=n,
+                                         placement=self._engine_config(spec).placement)
             log.info("loaded embedding model %s from %s (dim=%d)", spec.id, spec.path, em.dim)
             return EmbeddingRuntime(spec.id, em, asyncio.Semaphore(n))
         assert self._loop is not None, "start() sets the loop"
-        model = Model(spec.path)
         cfg = self._engine_config(spec)
+        model = Model(spec.path, cfg.placement)
         engine = Engine(model, cfg)
         engine.start(self._loop)
         source = spec.chat_template or self._chat_template or model.chat_template
