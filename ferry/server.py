@@ -104,11 +104,20 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> int:
-    from ferry.app import create_app
-
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    if settings.ray or settings.print_ray_config or settings.front_door_only:
+        from ferry.deploy.launch import serve_ray  # Ray is imported only on this path
+
+        return serve_ray(settings)
+    from ferry.app import create_app
+
+    return run(create_app(settings), settings)
+
+
+def run(app, settings: Settings) -> int:
+    """Serve ``app`` with Ferry's protocol until SIGTERM/SIGINT (graceful, exit 0)."""
+    server = uvicorn.Server(uvicorn_config(app, settings))
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown, with whatever handler
     # was installed before it; a no-op handler makes a completed graceful shutdown exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)

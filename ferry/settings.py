@@ -89,6 +89,31 @@ class Settings(BaseSettings):
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
     no_ui: bool = Field(False, description="do not serve the chat page at /")
     log_level: str = Field("info", description="logging level")
+    # scale-out on Ray Serve (ferry.deploy): a front door in front of engine replicas
+    ray: bool = Field(False, description="serve on Ray Serve: Ferry's HTTP front door in front "
+                      "of engine replicas that Ray places, health-checks, restarts and "
+                      "autoscales (needs --stream-store redis://)")
+    ray_address: str | None = Field(None, description="Ray cluster to deploy on (default: start "
+                                    "a local Ray instance for this process)")
+    ray_config: str | None = Field(None, description="deploy this Serve config file (as `serve "
+                                   "run FILE` would) instead of one built from these settings")
+    print_ray_config: bool = Field(False, description="print the Serve config file these "
+                                   "settings deploy (for serve run / serve deploy / KubeRay "
+                                   "RayService) and exit")
+    replicas: int = Field(1, ge=1, description="engine replicas (with --ray); the minimum when "
+                          "autoscaling")
+    max_replicas: int = Field(0, ge=0, description="autoscale engine replicas up to this many "
+                              "on ongoing requests per replica above --parallel (0: fixed "
+                              "--replicas)")
+    replica_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine replica")
+    front_doors: int = Field(1, ge=1, description="front door replicas (with --ray); each listens "
+                             "on --port plus its rank on its node")
+    ray_routing: Literal["cache", "random"] = Field(
+        "cache", description="this front door's engine replica choice: cache (conversation "
+        "affinity, then longest cached prefix, then least loaded) or random")
+    front_door_only: bool = Field(False, description="join a running Ferry deployment on Ray "
+                                  "(--ray-address, default: auto) as one more front door in this "
+                                  "process, deploying nothing")
 
     @field_validator("model", "api_key", "cors_origins", mode="before")
     @classmethod
