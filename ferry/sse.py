@@ -111,7 +111,7 @@ async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_inter
                 await _send({"type": "http.response.body", "body": PING, "more_body": True})
         if completed:
             await _send({"type": "http.response.body", "body": b"", "more_body": False})
-    except (OSError, asyncio.TimeoutError, RuntimeError) as e:  # the client is gone
+    except (TimeoutError, OSError, RuntimeError) as e:  # the client is gone
         log.info("stream ended early: %s", type(e).__name__)
     finally:
         watcher.cancel()

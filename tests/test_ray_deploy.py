@@ -5,6 +5,7 @@ The single server's guarantees must hold through the deployment."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -30,16 +31,24 @@ RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::", "dashboard_agent", "runtim
 
 
 class RayFerry(FerryServer):
-    def wait_ready(self, timeout: float = 300) -> None:  # Ray start-up plus model loads
-        super().wait_ready(timeout)
-        deadline = time.monotonic() + timeout  # /health is 200 once one replica answers
-        while len(self.replicas()) < self.expect and time.monotonic() < deadline:
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Ray start-up plus two model loads: until /health lists both replicas answering."""
+        deadline, last = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited: {self.log()[-3000:]}")
+            try:
+                last = httpx.get(self.url + "/health", timeout=30)
+                if len(self.replicas(last)) == 2:
+                    return
+            except httpx.HTTPError as e:
+                last = e
             time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"not ready: {last!r} {getattr(last, 'text', '')} {self.log()[-3000:]}")
 
-    expect = 2
-
-    def replicas(self) -> list[dict]:
-        r = httpx.get(self.url + "/health", timeout=30)
+    def replicas(self, r: httpx.Response | None = None) -> list[dict]:
+        r = r or httpx.get(self.url + "/health", timeout=30)
         return [x for x in r.json().get("replicas", []) if "error" not in x] if r.is_success else []
 
     def running(self) -> int:
@@ -66,7 +75,11 @@ def deployment(redis_url):
     common = ("--threads", "1", "--parallel", "2", "--max-queue", "2", "--stream-store", redis_url,
               "--sse-ping-interval", "1")
     a = RayFerry("--ray", "--replicas", "2", "--replica-cpus", "0.5", *common)
-    b = RayFerry("--front-door-only", "--ray-routing", "random", *common)
+    try:
+        b = RayFerry("--front-door-only", "--ray-routing", "random", *common)
+    except BaseException:
+        a.stop()
+        raise
     yield a, b
     b.stop()
     a.stop()
@@ -90,12 +103,16 @@ def test_strict_openai_client_chat_and_completions_stream_and_not(front):
                                             max_tokens=8, stream=True,
                                             stream_options={"include_usage": True}))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
-    assert chunks[-1].usage.completion_tokens == 8
+    assert 0 < chunks[-1].usage.completion_tokens <= 8
     t = c.completions.create(model="default", prompt="The capital of France is", max_tokens=4)
     assert t.choices[0].text
-    parts = list(c.completions.create(model="default", prompt="One, two,", max_tokens=4,
-                                      stream=True))
+    # streamed text completions carry `finish_reason: null`, which the SDK's strict mode
+    # refuses (as on the single server, test_api_completions): read them in default mode
+    lax = openai.OpenAI(base_url=front.url + "/v1", api_key="none", max_retries=0)
+    parts = list(lax.completions.create(model="default", prompt="One, two,", max_tokens=4,
+                                        stream=True))
     assert "".join(p.choices[0].text for p in parts)
+    assert parts[-1].choices[0].finish_reason in ("stop", "length")
 
 
 def test_half_closed_client_receives_the_whole_stream(front):
@@ -224,14 +241,14 @@ def test_a_conversation_stays_on_its_replica_and_random_routing_would_not(deploy
     by_prefix = _conversation(a, "prefix-b", 4, {})  # no id: the longest cached prefix decides
     for turns in (sticky, by_prefix):
         assert len({replica for replica, _, _ in turns}) == 1, turns
-        for (_, prev_prompt, _), (_, _, cached) in zip(turns, turns[1:]):
+        for (_, prev_prompt, _), (_, _, cached) in itertools.pairwise(turns):
             assert cached >= prev_prompt - 4 > 0, turns  # the whole previous prompt was reused
     # the same through a front door that routes at random: turns move, history is recomputed
     shuffled = [_conversation(b, f"random-{i}", 4, {"X-Conversation-Id": f"r-{i}-{random.random()}"})
                 for i in range(4)]
     moved = [t for t in shuffled if len({replica for replica, _, _ in t}) > 1]
     assert moved, shuffled  # all four staying put by chance: p = (1/8)^4
-    assert any(cached < prev - 4 for t in moved for (_, prev, _), (_, _, cached) in zip(t, t[1:]))
+    assert any(cached < prev - 4 for t in moved for (_, prev, _), (_, _, cached) in itertools.pairwise(t))
 
 
 def start_resumable(server: FerryServer, body: dict, conv: str) -> str:
@@ -243,9 +260,9 @@ def start_resumable(server: FerryServer, body: dict, conv: str) -> str:
     while b"\r\n\r\n" not in raw:
         raw += s.recv(65536)
     s.close()
-    status, headers, _ = split_response(raw)
-    assert status == 200, raw
-    return headers["x-ferry-replica"]
+    head = raw.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.startswith("http/1.1 200"), raw
+    return head.split("x-ferry-replica:", 1)[1].split("\r\n", 1)[0].strip()
 
 
 def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(deployment):

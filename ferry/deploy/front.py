@@ -44,7 +44,7 @@ from ferry.streams import check_conv_id, make_store
 log = logging.getLogger(__name__)
 
 REPLICA_HEADER = "X-Ferry-Replica"
-STATUS_TIMEOUT_S = 2.0
+STATUS_TIMEOUT_S = 10.0  # a replica busy past this is reported with an error
 
 
 def remote_error(reply: Reply) -> FerryError:
@@ -139,8 +139,23 @@ class FrontState:
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
         self.registry = ReplicaRegistry(settings.stream_store, app_name)
+        self._held: set[asyncio.Task] = set()
+
+    def hold(self, call: AsyncIterator[bytes]) -> None:
+        """Keep a resumable stream's call open until its generation ends, whatever the client
+        does: Ray then counts it as the replica's ongoing request (routing, autoscaling)."""
+
+        async def drain() -> None:
+            async for _ in call:
+                pass
+
+        task = asyncio.create_task(drain())
+        self._held.add(task)
+        task.add_done_callback(self._held.discard)
 
     async def close(self) -> None:
+        for task in list(self._held):
+            task.cancel()  # the generations go on (the replica shields them)
         await self.sessions.close()
         await self.registry.close()
 
@@ -190,6 +205,7 @@ async def forward(request: Request, api: str, stream: bool) -> Any:
     if conv_id is None:
         return EventStreamResponse(chunks, ping_interval=s.sse_ping_interval,
                                    send_timeout=s.send_timeout, headers=headers)
+    fs.hold(chunks)
     replay = await fs.sessions.store.replay(conv_id, owner, offset=0)
     return EventStreamResponse(replay, ping_interval=0, send_timeout=s.send_timeout,
                                headers={**headers, "X-Conversation-Id": conv_id})

@@ -30,7 +30,14 @@ READY_TIMEOUT_S = 600.0
 
 def config_for(s: Settings) -> dict[str, Any]:
     """The Serve config file these settings deploy."""
-    from ferry.deploy.app import APP_NAME, ENGINE, FRONT, LAUNCH_FIELDS, engine_options, front_options
+    from ferry.deploy.app import (
+        APP_NAME,
+        ENGINE,
+        FRONT,
+        LAUNCH_FIELDS,
+        engine_options,
+        front_options,
+    )
 
     args = s.model_dump(mode="json", exclude_unset=True, exclude=set(LAUNCH_FIELDS))
     args.setdefault("threads", s.threads)  # the launcher's machine decides, not each replica's
@@ -56,10 +63,10 @@ def _cpus_needed(config) -> int:
     total = 0.0
     for app in config.applications:
         for d in app.deployments:
-            n = d.num_replicas if isinstance(d.num_replicas, int) else 1
-            if d.autoscaling_config:
-                n = dict(d.autoscaling_config).get("max_replicas", n)
-            total += n * dict(d.ray_actor_options or {}).get("num_cpus", 1)
+            opts = d.model_dump(exclude_unset=True)
+            n = opts.get("num_replicas") if isinstance(opts.get("num_replicas"), int) else 1
+            n = (opts.get("autoscaling_config") or {}).get("max_replicas", n)
+            total += n * (opts.get("ray_actor_options") or {}).get("num_cpus", 1)
     return max(os.cpu_count() or 1, math.ceil(total))
 
 

@@ -100,12 +100,15 @@ class EngineReplica:
         try:
             _, gen, events = await self._start(api, body)
             if conv_id is not None:
-                await self.state.sessions.start(conv_id, owner, events, gen)
+                pump = await self.state.sessions.start(conv_id, owner, events, gen)
         except FerryError as e:
             yield Reply.error(self.id, e)
             return
         yield Reply(self.id)
         if conv_id is not None:
+            # Held open while the generation runs, so Ray counts the stream as ongoing (least
+            # loaded routing, autoscaling); cancelling the call does not stop the generation.
+            await asyncio.shield(pump)
             return
         try:
             async for chunk in encoded(events):
@@ -146,9 +149,10 @@ class EngineReplica:
 
 
 def _replica_id() -> str:
-    try:
-        from ray import serve
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
 
+    try:
         return serve.get_replica_context().replica_id.unique_id
-    except Exception:  # outside Ray (unit tests): the process id names it
+    except RayServeException:  # outside a Serve replica: the process id names it
         return f"local-{os.getpid()}"
