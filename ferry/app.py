@@ -17,26 +17,31 @@ from fastapi import Depends, FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from ferry import __version__
+from ferry import __version__, hub
 from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
+from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
+from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
 from ferry.audio.transcriber import Transcriber
+from ferry.engine import hardware
 from ferry.engine.engine import EngineConfig
+from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
+from ferry.response_store import make_response_store
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
-from ferry.settings import Settings
+from ferry.settings import CTX_PER_SLOT, Settings
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id, make_store
 from ferry.vision.images import ImagePolicy
@@ -60,8 +65,11 @@ class AppState:
             chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
             embedding_concurrency=settings.embedding_concurrency,
             embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
-            on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
+            on_chat_loaded=self._observe, on_chat_unloaded=self._retire,
+            aliases=self._aliases(specs), any_model=settings.any_model)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
+        self.responses = make_response_store(settings.response_store or settings.stream_store,
+                                             ttl=settings.response_ttl)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -69,12 +77,12 @@ class AppState:
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
         s = self.settings
         parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or 2048 * parallel)
+        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
         return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                             n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                             max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                             speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model)
+                            draft_model=s.draft_model, placement=Placement.from_settings(s))
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
@@ -85,15 +93,21 @@ class AppState:
         return specs
 
     def specs(self) -> list[ModelSpec]:
-        """--model entries, then --models-config entries, then the bundled embedding model."""
-        specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
+        """--model entries, then --models-config entries, then the bundled embedding model.
+        Hub names given with --model are downloaded now (start-up); hub names in
+        --models-config are taken from the cache, else fetched by POST /v1/models/{id}/load."""
+        specs = [_cli_spec(alias, ref) for alias, ref in self.model_specs()]
         if self.settings.mmproj:
             if not specs:
                 raise ValueError("--mmproj needs a chat model (--model); in --models-config "
                                  "give the model an mmproj key")
             specs[0] = dataclasses.replace(specs[0], mmproj=self.settings.mmproj)
         if self.settings.models_config:
-            specs += load_models_config(self.settings.models_config)
+            specs += [_config_spec(s) for s in load_models_config(self.settings.models_config)]
+        i = next((i for i, s in enumerate(specs) if s.kind == "chat"), None)
+        if i is not None and specs[i].hub and not specs[i].path:  # the default loads at start-up
+            name = hub.parse(specs[i].hub)
+            specs[i] = dataclasses.replace(specs[i], path=hub.resolve(name) if name else "")
         if not any(s.kind == "embedding" for s in specs):
             try:
                 from ferry.embeddings import bundled_model_dir
@@ -108,7 +122,25 @@ class AppState:
         loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
         loaders |= {s.id: functools.partial(Transcriber.from_dir, s.path, max_concurrency=n)
                     for s in specs}
-        return TranscriberRegistry(loaders, {a: BUNDLED_NAME for a in BUNDLED_ALIASES})
+        aliases = {a: BUNDLED_NAME for a in BUNDLED_ALIASES}
+        aliases |= {a: aliases.get(t, t) for a, t in self.settings.aliases().items()
+                    if aliases.get(t, t) in loaders}
+        return TranscriberRegistry(loaders, aliases,
+                                   fallback=BUNDLED_NAME if self.settings.any_model else None)
+
+    def _aliases(self, specs: list[ModelSpec]) -> dict[str, str]:
+        """--alias entries naming a chat or embedding model; each must name some served model."""
+        ids = {s.id for s in specs} | {"default"}
+        out = {}
+        for alias, target in self.settings.aliases().items():
+            if target in ids and target in self.transcribers.names():
+                raise ValueError(f"--alias {alias}={target}: {target} names two models")
+            if target in ids:
+                out[alias] = target
+            elif target not in self.transcribers.names():
+                raise ValueError(f"--alias {alias}={target}: no model {target!r} is served "
+                                 f"(models: {', '.join(sorted(ids | set(self.transcribers.names())))})")
+        return out
 
     def _observe(self, cm) -> None:
         cm.engine.observer = self.metrics.observer(cm.id)
@@ -117,11 +149,23 @@ class AppState:
         self.metrics.retire(cm.id, cm.engine)
 
     async def load(self) -> None:
+        log.info("%s", hardware.summary_line())
         try:
             await self.models.start()
         except Exception as e:  # reported by /health; the process keeps answering
             log.exception("model load failed")
             self.load_error = str(e)
+            return
+        log.info("%s", self.startup_line())
+
+    def startup_line(self) -> str:
+        """One line saying where Ferry listens, what it serves, on what, and where the UI is."""
+        s = self.settings
+        base = f"{'https' if s.ssl_certfile else 'http'}://{_url_host(s.host)}:{s.port}"
+        default = self.models.chat.get(self.models.default or "")
+        model = f"{default.id} ({default.path})" if default else "none"
+        ui = base + "/" if s.ui else "off (--no-ui)"
+        return f"Ferry ready at {base}/v1 | model {model} | backend {_backend()} | chat UI {ui}"
 
     async def stream_response(self, request: Request, events, gen: Generation
                               ) -> EventStreamResponse:
@@ -144,7 +188,35 @@ class AppState:
 
     async def close(self) -> None:
         await self.sessions.close()
+        await self.responses.close()
         await asyncio.to_thread(self.models.close)
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):  # all interfaces: this machine answers on loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _backend() -> str:
+    """The accelerator llama.cpp offloads to (cuda, metal, vulkan), or cpu (hardware.py)."""
+    return hardware.backend_name().lower()
+
+
+def _cli_spec(alias: str | None, ref: str) -> ModelSpec:
+    name = hub.parse(ref)
+    if name is None:
+        return ModelSpec(alias or model_id_for(ref), ref)
+    return ModelSpec(alias or name.model_id, hub.resolve(name) or "", hub=str(name))
+
+
+def _config_spec(spec: ModelSpec) -> ModelSpec:
+    name = hub.parse(spec.path) if spec.kind == "chat" else None
+    if name is None:
+        return spec
+    model_id = name.model_id if spec.id == model_id_for(spec.path) else spec.id
+    return dataclasses.replace(spec, id=model_id, path=hub.resolve(name, download=False) or "",
+                               hub=str(name))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -167,11 +239,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(models_router)
     app.include_router(router)
+    app.include_router(responses_router)
+    app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
     app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
-    if not settings.no_ui:
+    if settings.ui:
         from ferry.ui import mount_ui
 
         mount_ui(app)

@@ -31,11 +31,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse(settings_cls, args: list[str]):
+    import argparse
+
     from pydantic import ValidationError
     from pydantic_settings import CliSettingsSource
 
+    from ferry.flags import add_argument
+
     source = CliSettingsSource(settings_cls, cli_prog_name="ferry serve", cli_parse_args=args,
-                               cli_kebab_case=True, cli_implicit_flags=True)
+                               cli_kebab_case=True, cli_implicit_flags=True,
+                               add_argument_method=add_argument,
+                               formatter_class=argparse.HelpFormatter)
     try:
         return settings_cls(_cli_settings_source=source(args=args))
     except ValidationError as e:  # a bad flag or env var: say which, no traceback

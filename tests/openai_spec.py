@@ -1,4 +1,5 @@
-"""Validate objects against the official OpenAI OpenAPI document (../shared/reference).
+"""Validate objects against the official OpenAI OpenAPI document (tests/fixtures/openai/, with
+its source and licence).
 
 The document is OpenAPI 3.1 but still uses 3.0-style ``nullable: true``; those schemas are
 rewritten to ``anyOf: [schema, {type: null}]`` before validation with jsonschema (2020-12).
@@ -16,7 +17,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openai-openapi.yaml"
+SPEC = Path(__file__).resolve().parent / "fixtures" / "openai" / "openapi.yaml"
 CACHE = Path("/tmp/ferry-openai-spec.pickle")
 
 

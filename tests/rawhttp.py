@@ -59,11 +59,11 @@ def dechunk(data: bytes) -> bytes:
 
 
 def stream_prefix(url: str, body: dict, n: int, headers: dict[str, str] | None = None,
-                  ) -> tuple[bytes, socket.socket]:
+                  path: str = "/v1/chat/completions") -> tuple[bytes, socket.socket]:
     """POST a streaming request on a raw socket; return at least ``n`` de-chunked body bytes
     (whole chunks) and the still-open socket."""
     s = connect(url)
-    s.sendall(request_bytes("POST", "/v1/chat/completions", body, headers=headers))
+    s.sendall(request_bytes("POST", path, body, headers=headers))
     raw = b""
     while b"\r\n\r\n" not in raw:
         raw += s.recv(65536)

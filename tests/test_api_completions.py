@@ -111,3 +111,11 @@ def test_token_prompt_is_accepted(http):
     tokens = [504, 3458, 282]
     r = http.post("/v1/completions", json={"prompt": tokens, "max_tokens": 3})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_chat_message_carries_empty_annotations_as_openai_does(client, http):
+    r = client.chat.completions.create(model="default", messages=MSG, max_tokens=4)
+    assert r.choices[0].message.annotations == []
+    raw = http.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 4}).json()
+    assert raw["choices"][0]["message"]["annotations"] == []
+    validate(raw, "CreateChatCompletionResponse")

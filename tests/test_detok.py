@@ -51,3 +51,13 @@ def test_any_split_gives_text_up_to_first_stop(text, sizes, stop):
     cut = text.find(stop)
     assert out == (text if cut < 0 else text[:cut])
     assert stopped == (cut >= 0)
+
+
+def test_the_stop_string_that_matched_first_is_named():
+    a = TextAssembler(stop=["lo", "hel", "zz"])
+    out = "".join(a.feed(p.encode()) for p in ("he", "llo wor"))
+    assert (out, a.stopped, a.matched) == ("", True, "hel")
+    b = TextAssembler(stop=["world", "or"])
+    out = "".join(b.feed(p.encode()) for p in ("hello w", "orld"))
+    assert (out, b.matched) == ("hello ", "world")  # the earliest match, not the shortest
+    assert TextAssembler(stop=["x"]).matched is None

@@ -31,7 +31,8 @@ def test_every_operation_documents_its_success_and_error_responses(http):
         responses = op["responses"]
         assert "422" not in responses, (method, path)  # Ferry answers 400, never 422
         err = responses["default"]["content"]["application/json"]["schema"]
-        assert err == {"$ref": "#/components/schemas/ErrorResponse"}
+        envelope = "AnthropicErrorResponse" if path.startswith("/v1/messages") else "ErrorResponse"
+        assert err == {"$ref": f"#/components/schemas/{envelope}"}, (method, path)
         if "204" in responses:
             continue
         ok = responses["200"]
@@ -41,6 +42,9 @@ def test_every_operation_documents_its_success_and_error_responses(http):
     chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(chat) == {"application/json", "text/event-stream"}
     assert "EmbeddingResponse" in doc["components"]["schemas"]
+    messages = doc["paths"]["/v1/messages"]["post"]["responses"]["200"]["content"]
+    assert set(messages) == {"application/json", "text/event-stream"}
+    assert "/v1/messages/count_tokens" in doc["paths"]
 
 
 def test_yaml_document_equals_the_json_one(http):
@@ -83,12 +87,20 @@ def _operations() -> list[tuple[str, str]]:
 
 def _cap_generation(case) -> None:
     body = case.body
+    if isinstance(body, dict) and case.operation.path == "/v1/responses":
+        v = body.get("max_output_tokens")
+        if v is None or (type(v) is int and 16 < v < 100_000):
+            body["max_output_tokens"] = 16  # the Responses API's minimum
+        return
     if not isinstance(body, dict) or case.operation.path not in ("/v1/chat/completions",
-                                                                 "/v1/completions"):
+                                                                 "/v1/completions",
+                                                                 "/v1/messages"):
         return
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
-        if (v is None and key == "max_tokens") or (type(v) is int and MAX_TOKENS < v < 100_000):
+        # Messages caps max_tokens at the context left instead of refusing it: cap any size
+        ceiling = 1 << 62 if case.operation.path == "/v1/messages" else 100_000
+        if (v is None and key == "max_tokens") or (type(v) is int and MAX_TOKENS < v < ceiling):
             body[key] = MAX_TOKENS
 
 

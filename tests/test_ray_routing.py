@@ -73,3 +73,21 @@ def test_memory_is_bounded():
     assert len(t._pins) == 10 and len(t._blocks["a"]) == 50
     assert t.rank(R, RouteHint(key="k99"))[0] == ["a"]
 
+
+
+def test_plain_ferry_serve_never_imports_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, ferry.cli, ferry.server, ferry.app; "
+            "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_only_the_server_reaches_ferry_deploy():
+    from test_layers import ROOT, imports_of, module_name
+
+    users = {module_name(p) for p in ROOT.rglob("*.py")
+             if not module_name(p).startswith("ferry.deploy")
+             and any(m.startswith("ferry.deploy") for m in imports_of(p))}
+    assert users == {"ferry.server"}

@@ -178,3 +178,45 @@ def test_short_shared_prefixes_are_just_prefilled():
     s.add(a)
     s.add(b)
     assert len(s.schedule().work) == 2 and b.share_from is None
+
+
+def test_a_refused_partial_removal_prefills_the_prompt_from_zero():
+    s = Scheduler(n_slots=1, kv_keep=lambda slot, n: 0)  # e.g. sliding-window cells overwritten
+    a = seq([5, 6, 7, 8])
+    s.add(a)
+    fake_run(s, s.schedule())
+    s.finish(a, "stop")
+    b = seq([5, 6, 7, 8, 7, 9, 10])
+    s.add(b)
+    plan = s.schedule()
+    assert plan.trims == [(b.slot, 0)] and b.num_cached == 0
+    assert plan.work[0].pos == 0 and plan.work[0].tokens == b.prompt and plan.work[0].logits
+    assert s.stats.prefix_hits == 0
+
+
+def test_a_refused_share_means_a_normal_prefill():
+    s = Scheduler(n_slots=2, min_share=4, kv_keep=lambda slot, n: 0)
+    system = list(range(100, 140))
+    a, b = seq(system + [1, 2]), seq(system + [3, 4])
+    s.add(a)
+    s.add(b)
+    fake_run(s, s.schedule())  # b waits for a's prefix
+    plan = s.schedule()
+    (wb,) = [w for w in plan.work if w.seq is b]
+    assert not plan.copies and wb.pos == 0 and wb.tokens == b.prompt and b.num_cached == 0
+
+
+def test_kv_lost_while_generating_recomputes_every_token_then_decodes_on():
+    s = Scheduler(n_slots=1)
+    a = seq([1, 2, 3], max_tokens=10)
+    s.add(a)
+    fake_run(s, s.schedule(), next_token=7)  # prompt; 7 sampled
+    fake_run(s, s.schedule(), next_token=8)  # 7 computed; 8 sampled
+    assert a.all_tokens == [1, 2, 3, 7, 8] and a.num_computed == 4
+    s.kv_lost(a, 0)  # e.g. a trim after rejected drafts that the memory refused
+    plan = s.schedule()
+    (w,) = plan.work
+    assert w.pos == 0 and w.tokens == [1, 2, 3, 7, 8] and w.logits  # logits: the next token
+    fake_run(s, plan, next_token=9)
+    (w,) = s.schedule().work
+    assert w.pos == 5 and w.tokens == [9] and w.logits and not a.in_prefill

@@ -7,8 +7,8 @@ import base64
 
 import pytest
 
-from ferry.api.schemas import ChatCompletionRequest
 from ferry.errors import InvalidRequest, PayloadTooLarge
+from ferry.protocol.openai import ChatCompletionRequest
 from ferry.vision.images import ImagePolicy, decode_data_uri, load_images
 from ferry.vision.testing import png_bytes
 

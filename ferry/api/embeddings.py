@@ -15,62 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-)
 
 from ferry.errors import InvalidRequest, Unsupported
+from ferry.protocol.openai import EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter()
 MAX_INPUTS = 2048
-
-
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-    model: StrictStr
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
-
-    @field_validator("input", mode="wrap")
-    @classmethod
-    def _input(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        try:
-            return handler(v)
-        except ValidationError:  # one message naming `input`, not one per union member
-            raise ValueError("input must be a string, a list of strings, a list of token ids "
-                             "or a list of token-id lists") from None
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    usage: EmbeddingUsage
 
 
 def inputs_of(value: str | list) -> list[str] | list[list[int]]:

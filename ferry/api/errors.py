@@ -1,5 +1,7 @@
 """The one exception handler: every error leaves as the OpenAI envelope
-``{"error": {"message", "type", "param", "code"}}``; no stack trace ever reaches a client."""
+``{"error": {"message", "type", "param", "code"}}`` (on Anthropic's routes, ``/v1/messages``,
+as Anthropic's ``{"type": "error", "error": {"type", "message"}}``); no stack trace ever reaches
+a client."""
 
 from __future__ import annotations
 
@@ -11,12 +13,30 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ferry.errors import FerryError, InternalError, InvalidRequest, MethodNotAllowed, NotFound
+from ferry.protocol import anthropic
 
 log = logging.getLogger(__name__)
 
 
-def error_response(exc: FerryError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers)
+ANTHROPIC_PATHS = "/v1/messages"  # routes that answer in Anthropic's envelope
+
+
+def is_anthropic(path: str) -> bool:
+    return path == ANTHROPIC_PATHS or path.startswith(ANTHROPIC_PATHS + "/")
+
+
+def error_content(exc: FerryError, path: str, request_id: str | None = None) -> tuple[int, dict]:
+    """Status and body of ``exc`` in the envelope of the API that owns ``path``."""
+    if is_anthropic(path):
+        return anthropic.error_body(exc, request_id)
+    return exc.status, exc.to_body()
+
+
+def error_response(exc: FerryError, request: Request | None = None) -> JSONResponse:
+    path = request.url.path if request is not None else ""
+    rid = request.scope.get("state", {}).get("request_id") if request is not None else None
+    status, body = error_content(exc, path, rid)
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 def _param(loc: tuple) -> str | None:
@@ -43,14 +63,26 @@ def validation_error(exc: RequestValidationError) -> FerryError:
                           code="invalid_value")
 
 
+def anthropic_validation_error(exc: RequestValidationError) -> FerryError:
+    """Anthropic words a bad field as ``<path>: <problem>`` (``max_tokens: Field required``)."""
+    e = (exc.errors() or [{}])[0]
+    if e.get("type") in ("json_invalid", "model_attributes_type"):
+        return validation_error(exc)
+    param = _param(tuple(e.get("loc", ())))
+    return InvalidRequest(f"{param}: {e.get('msg', 'invalid value')}" if param
+                          else e.get("msg", "invalid request"), param=param)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FerryError)
-    async def _ferry(_: Request, exc: FerryError) -> JSONResponse:
-        return error_response(exc)
+    async def _ferry(request: Request, exc: FerryError) -> JSONResponse:
+        return error_response(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = (anthropic_validation_error(exc) if is_anthropic(request.url.path)
+               else validation_error(exc))
+        return error_response(err, request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -63,10 +95,10 @@ def install(app: FastAPI) -> None:
             err = FerryError(str(exc.detail))
             err.status = exc.status_code
             err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(err)
+        return error_response(err, request)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(InternalError("The server had an error while processing your "
-                                            "request."))
+                                            "request."), request)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from ferry.api.errors import error_content
 from ferry.errors import AuthenticationError, FerryError, PayloadTooLarge
 
 log = logging.getLogger("ferry.access")
@@ -26,12 +27,13 @@ def _token(headers: dict[bytes, bytes]) -> bytes | None:
     return token
 
 
-async def _send_error(send, exc: FerryError, request_id: str) -> None:
-    body = json.dumps(exc.to_body()).encode()
+async def _send_error(send, exc: FerryError, path: str, request_id: str) -> None:
+    status, content = error_content(exc, path, request_id)
+    body = json.dumps(content).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"x-request-id", request_id.encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -87,10 +89,12 @@ class FerryMiddleware:
             await self.app(scope, receive, send_wrapped)
         except FerryError as e:
             if status[0] == 0:
-                await _send_error(send_wrapped, e, rid)
+                await _send_error(send_wrapped, e, path, rid)
         finally:
             elapsed = time.perf_counter() - t0
-            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0], elapsed * 1000)
+            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0], elapsed * 1000,
+                     extra={"request_id": rid, "method": scope["method"], "path": path,
+                            "status": status[0], "duration_ms": round(elapsed * 1000, 1)})
             if self.on_response is not None:
                 self.on_response(scope, status[0], elapsed)
 

@@ -16,12 +16,15 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from ferry.engine import hardware
 from ferry.errors import FerryError, InvalidRequest, ServiceUnavailable
 
 router = APIRouter()
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/tokenize", "/v1/tokenize",
-                        "/detokenize", "/v1/detokenize"})
+                        "/detokenize", "/v1/detokenize", "/v1/responses",
+                        "/v1/responses/input_tokens", "/v1/messages",
+                        "/v1/messages/count_tokens"})
 Kind = Literal["chat", "embedding", "transcription"]
 State = Literal["loaded", "loading", "unloading", "unloaded"]
 
@@ -62,8 +65,23 @@ class ModelHealth(BaseModel):
     step_python_us: dict[int, float] | None = None  # mean non-decode time per step, by batch
 
 
+class DeviceInfo(BaseModel):
+    name: str  # llama.cpp's device name: CPU, CUDA0, Metal, Vulkan0
+    description: str
+    type: str  # cpu | gpu | igpu | accel
+    memory_total: int  # bytes
+    memory_free: int
+
+
+class HardwareInfo(BaseModel):
+    backend: str  # the accelerator backend llama.cpp offloads to, or CPU
+    gpu_offload: bool  # llama_supports_gpu_offload
+    devices: list[DeviceInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
+    hardware: HardwareInfo
     models: dict[str, ModelHealth]
 
 
@@ -84,6 +102,11 @@ def describe(state) -> list[ModelObject]:
     for mid, s in reg.slots.items():
         st = reg.state_of(s)
         out.append(ModelObject(id=mid, created=s.created, kind=s.spec.kind,
+                               loaded=st in ("loaded", "unloading"), state=st))
+    for alias in reg.aliases:  # --alias names, in the state of the model they name
+        s = reg.slot(alias)
+        st = reg.state_of(s)
+        out.append(ModelObject(id=alias, created=s.created, kind=s.spec.kind,
                                loaded=st in ("loaded", "unloading"), state=st))
     for name, loaded in _transcribers(state):
         out.append(ModelObject(id=name, created=state.started, kind="transcription",
@@ -145,7 +168,7 @@ async def health(request: Request):
         models[mid] = h
     for name, loaded in _transcribers(state):
         models[name] = ModelHealth(kind="transcription", state="loaded" if loaded else "unloaded")
-    return Health(status="ok", models=models)
+    return Health(status="ok", hardware=HardwareInfo(**hardware.summary()), models=models)
 
 
 async def chat_model_lease(request: Request) -> AsyncIterator[None]:

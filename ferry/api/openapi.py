@@ -2,7 +2,7 @@
 
 ``install(app)`` replaces ``app.openapi`` with a generator that (1) drops FastAPI's 422 responses
 (Ferry answers validation errors with 400 and the OpenAI error envelope), (2) gives every
-operation a ``default`` response with that envelope, and (3) fills in the 200 responses of routes
+operation a ``default`` response with that envelope (Anthropic's on ``/v1/messages``), and (3) fills in the 200 responses of routes
 that return plain dicts or streams (chat/completions, tokenizer, resumable streams, audio) from
 the response models below. It also serves the same document as ``GET /openapi.yaml``.
 
@@ -20,6 +20,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel
+
+from ferry.api.errors import is_anthropic
+from ferry.protocol import anthropic, responses
 
 # one server-sent event: `data:` is a JSON chunk (or `[DONE]`); resumable streams add `id:`
 SSE = {"text/event-stream": {"schema": {
@@ -50,6 +53,7 @@ class ChatMessage(BaseModel):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None = None
+    annotations: list[dict[str, Any]] = []
     tool_calls: list[dict[str, Any]] | None = None
 
 
@@ -132,9 +136,19 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/streams/lookup"): _json(StreamLookupResponse),
     ("post", "/v1/audio/transcriptions"): {**AUDIO, **SSE},
     ("post", "/v1/audio/translations"): AUDIO,
+    ("post", "/v1/messages"): {**_json(anthropic.AnthropicMessage), **SSE},
+    ("post", "/v1/messages/count_tokens"): _json(anthropic.AnthropicTokenCount),
+    ("post", "/v1/responses"): {**_json(responses.ResponseObject), **SSE},
+    ("get", "/v1/responses/{response_id}"): {**_json(responses.ResponseObject), **SSE},
+    ("delete", "/v1/responses/{response_id}"): _json(responses.DeletedResponse),
+    ("post", "/v1/responses/{response_id}/cancel"): _json(responses.ResponseObject),
+    ("get", "/v1/responses/{response_id}/input_items"): _json(responses.ResponseItemList),
+    ("post", "/v1/responses/input_tokens"): _json(responses.InputTokenCount),
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
-          StreamLookupResponse)
+          StreamLookupResponse, anthropic.AnthropicMessage, anthropic.AnthropicTokenCount,
+          anthropic.AnthropicErrorResponse, responses.ResponseObject, responses.DeletedResponse,
+          responses.ResponseItemList, responses.InputTokenCount)
 
 
 def build(app: FastAPI) -> dict:
@@ -143,8 +157,9 @@ def build(app: FastAPI) -> dict:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for m in MODELS:
         s = m.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
-        schemas.update(s.pop("$defs", {}))
-        schemas[m.__name__] = s
+        for name, sub in {**s.pop("$defs", {}), m.__name__: s}.items():
+            if schemas.setdefault(name, sub) != sub:  # two APIs' models with one name
+                raise ValueError(f"two different schemas are named {name!r}")
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     for path, ops in doc.get("paths", {}).items():
@@ -154,8 +169,10 @@ def build(app: FastAPI) -> dict:
             if (method, path) in OK:
                 responses["200"] = {"description": "Successful Response",
                                     "content": OK[(method, path)]}
-            responses["default"] = {"description": "OpenAI error envelope",
-                                    "content": _json(ErrorResponse)}
+            responses["default"] = (
+                {"description": "Anthropic error envelope",
+                 "content": _json(anthropic.AnthropicErrorResponse)} if is_anthropic(path)
+                else {"description": "OpenAI error envelope", "content": _json(ErrorResponse)})
     return doc
 
 

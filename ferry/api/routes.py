@@ -9,13 +9,13 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ferry.api.schemas import (
+from ferry.errors import InvalidRequest
+from ferry.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from ferry.errors import InvalidRequest
 from ferry.services import completions as svc
 from ferry.services.generation import Generation
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -10,6 +12,7 @@ from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id
 
 router = APIRouter()
+LookupFormat = Literal["ferry", "llama-server"]
 
 
 class LookupRequest(BaseModel):
@@ -50,9 +53,18 @@ async def delete_stream(request: Request, conv_id: str):
 
 
 @router.post("/v1/streams/lookup")
-async def lookup_streams(body: LookupRequest, request: Request):
+async def lookup_streams(body: LookupRequest, request: Request,
+                         format: Annotated[LookupFormat | None, Query()] = None):
+    """Ferry's shape ``{"object": "list", "data": [...]}`` (times in float seconds,
+    ``completed_at`` null while running), or llama-server's (a bare array, integer seconds,
+    ``completed_at`` 0 while running) with ``?format=llama-server`` or
+    ``--streams-lookup-format llama-server``."""
     ids = [check_conv_id(c, param="conversation_ids") for c in body.conversation_ids]
     infos = await request.app.state.ferry.sessions.store.lookup(ids, _owner(request))
+    if (format or request.app.state.ferry.settings.streams_lookup_format) == "llama-server":
+        return [{"conversation_id": i.conversation_id, "is_done": i.is_done,
+                 "total_bytes": i.total_bytes, "started_at": int(i.started_at),
+                 "completed_at": int(i.completed_at or 0)} for i in infos]
     return {"object": "list", "data": [
         {"conversation_id": i.conversation_id, "is_done": i.is_done,
          "total_bytes": i.total_bytes, "started_at": i.started_at,

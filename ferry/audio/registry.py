@@ -21,9 +21,12 @@ class TranscriberRegistry:
         self,
         loaders: Mapping[str, Callable[[], Transcriber]],
         aliases: Mapping[str, str] | None = None,
+        fallback: str | None = None,
     ) -> None:
-        """``loaders`` maps a canonical name to a loader; ``aliases`` maps extra names to one."""
+        """``loaders`` maps a canonical name to a loader; ``aliases`` maps extra names to one;
+        ``fallback`` (a canonical name) answers unknown names instead of a 404."""
         self._loaders = dict(loaders)
+        self._fallback = fallback
         self._aliases = {name: name for name in self._loaders} | dict(aliases or {})
         self._loaded: dict[str, Transcriber] = {}
         self._lock = threading.Lock()
@@ -40,7 +43,7 @@ class TranscriberRegistry:
         return sorted(self._aliases)
 
     def __call__(self, model: str) -> Transcriber:
-        name = self._aliases.get(model)
+        name = self._aliases.get(model, self._fallback)
         if name is None:
             raise ModelNotFound(
                 f"the model {model!r} does not exist; audio models: {', '.join(self.names())}",

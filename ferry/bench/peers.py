@@ -67,7 +67,7 @@ def default_gguf() -> Path:
 
 
 def cached_llama_server() -> Path | None:
-    """Where ../shared/peers/build-llama-server.sh leaves the binary for our llama-cpp-python."""
+    """Where benchmarks/peers/build-llama-server.sh leaves the binary for our llama-cpp-python."""
     try:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
@@ -81,7 +81,7 @@ def find_llama_server(explicit: str | None) -> Path:
     if path is None or not os.access(path, os.X_OK):
         raise PeerError(
             f"llama-server not found at {path}; build it with "
-            "`bash ../shared/peers/build-llama-server.sh` or pass --llama-server PATH"
+            "`bash benchmarks/peers/build-llama-server.sh` or pass --llama-server PATH"
         )
     return path
 
@@ -204,6 +204,7 @@ class Target:
     name: str
     url: str | None = None  # set for --url targets
     peer: str | None = None  # set for --vs targets
+    endpoint: str | None = None  # the API to measure it through (None: the run's --endpoint)
 
     @contextlib.asynccontextmanager
     async def serving(

@@ -30,7 +30,7 @@ from ferry import __version__
 from ferry.api import errors as api_errors
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.routes import until_disconnect
-from ferry.api.schemas import ChatCompletionRequest, CompletionRequest
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.api.streams import router as streams_router
 from ferry.deploy.registry import ReplicaRegistry
 from ferry.deploy.replica import Reply

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ferry.api import errors as api_errors
 from ferry.api.models import describe
-from ferry.api.schemas import ChatCompletionRequest, CompletionRequest
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.app import AppState
 from ferry.deploy.registry import ReplicaRegistry
 from ferry.deploy.routing import RouteHint

@@ -20,6 +20,7 @@ class TextAssembler:
         self._max_stop = max((len(s) for s in self._stop), default=0)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text, once stopped
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to emit."""
@@ -45,11 +46,17 @@ class TextAssembler:
         text = self._held + self._decoder.decode(b"", final=True)
         self._held = ""
         cut = self._find_stop(text)
-        return text if cut is None else text[:cut]
+        if cut is None:
+            return text
+        self.stopped = True
+        return text[:cut]
 
     def _find_stop(self, text: str) -> int | None:
-        hits = [i for s in self._stop if (i := text.find(s)) >= 0]
-        return min(hits) if hits else None
+        hits = [(i, s) for s in self._stop if (i := text.find(s)) >= 0]
+        if not hits:
+            return None
+        cut, self.matched = min(hits, key=lambda h: h[0])
+        return cut
 
     def _partial_suffix(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""

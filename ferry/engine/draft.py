@@ -114,7 +114,7 @@ class DraftModel:
         while keep < n and d.kv[keep] == hist[keep]:
             keep += 1
         if keep < len(d.kv):
-            self.runner.trim(seq.slot, keep)
+            keep = self.runner.trim(seq.slot, keep)  # 0 if the draft's memory refused
             del d.kv[keep:]
         return keep
 

@@ -21,6 +21,7 @@ from typing import Any
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
 from ferry.engine.draft import DraftModel
+from ferry.engine.hardware import Placement
 from ferry.engine.model import Model
 from ferry.engine.ngram import NGramDrafter
 from ferry.engine.runner import Runner, RunnerConfig
@@ -43,6 +44,7 @@ class EngineConfig:
     speculative: str = "none"  # "none" | "ngram" | "draft"
     draft_max: int = 8
     draft_model: str | None = None  # GGUF path, for speculative == "draft"
+    placement: Placement = field(default_factory=Placement)  # GPU offload, KV types (hardware.py)
 
 
 @dataclass(slots=True)
@@ -67,16 +69,16 @@ class Engine:
     def __init__(self, model: Model, cfg: EngineConfig) -> None:
         self.model = model
         self.cfg = cfg
-        self.runner = Runner(model, RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
+        rcfg = RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch, cfg.placement)
+        self.runner = Runner(model, rcfg)
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
-                                   self.n_ctx_seq)
+                                   self.n_ctx_seq, kv_keep=self.runner.keepable)
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:
                 raise ValueError("--speculative draft needs --draft-model")
-            self.draft = DraftModel(Model(cfg.draft_model), model,
-                                    RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
+            self.draft = DraftModel(Model(cfg.draft_model, cfg.placement), model, rcfg)
         self.times = StepTimes()
         self.tokens_generated = 0
         self.spec_drafted = 0
@@ -231,8 +233,10 @@ class Engine:
                 seq.drafter.record(len(w.draft), len(toks) - 1)
                 self.spec_drafted += len(w.draft)
                 self.spec_accepted += len(toks) - 1
-                if finish is None and len(toks) - 1 < len(w.draft):
-                    self.runner.trim(seq.slot, seq.num_computed)  # drop the rejected drafts
+                if finish is None and len(toks) - 1 < len(w.draft):  # drop the rejected drafts
+                    kept = self.runner.trim(seq.slot, seq.num_computed)
+                    if kept < seq.num_computed:  # the memory refused: recompute what it held
+                        self.scheduler.kv_lost(seq, kept)
             text = "".join(texts)
             if finish is not None:
                 if self.observer is not None:
@@ -289,6 +293,8 @@ class Engine:
     def _final(self, seq: Sequence, text: str, reason: str, lp=None, toks=None) -> Output:
         o = Output(text, toks or [], lp, reason, len(seq.prompt), len(seq.generated),
                    seq.num_cached)
+        if seq.detok is not None and seq.detok.stopped:
+            o.stop_sequence = seq.detok.matched
         if seq.drafter is not None:
             o.num_drafted_tokens = seq.drafter.policy.total_drafted
             o.num_accepted_tokens = seq.drafter.policy.total_accepted

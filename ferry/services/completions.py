@@ -15,37 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferry import __version__
-from ferry.api.schemas import ChatCompletionRequest, CompletionRequest, _Sampling
+from ferry.engine.chat_prompt import RenderedChat, render_chat
 from ferry.engine.sequence import ImageSpan, SamplingParams, TokenLogprob
 from ferry.errors import ContextTooLong, InvalidRequest
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from ferry.services.generation import Generation
 from ferry.services.models import ChatModel
 from ferry.sse import DONE, Event
 from ferry.structured import tools
 from ferry.structured.constraint import compile_json_schema, constraint_for_response_format
-from ferry.structured.vocab import TokenVocab
 from ferry.vision.images import ImageInput, ImagePolicy, load_images
 
 FINGERPRINT = f"fp_ferry_{__version__.replace('.', '')}"
-
-
-def sampling_params(req: _Sampling, n_vocab: int, *, logprobs: bool, top_logprobs: int,
-                    max_tokens: int | None) -> SamplingParams:
-    bias: dict[int, float] = {}
-    for k, v in (req.logit_bias or {}).items():
-        tok = int(k)
-        if not 0 <= tok < n_vocab:
-            raise InvalidRequest(f"logit_bias token id {tok} is outside the vocabulary "
-                                 f"(0..{n_vocab - 1})", param="logit_bias")
-        bias[tok] = float("-inf") if v <= -100 else v
-    return SamplingParams(
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
-        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-        logit_bias=bias, seed=req.seed, max_tokens=max_tokens, stop=list(req.stop or []),
-        ignore_eos=req.ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
-        speculative=req.speculative)
 
 
 def budget(prompt_len: int, max_tokens: int | None, n_ctx_seq: int) -> int:
@@ -90,13 +71,6 @@ class ChatJob:
                           [self.max_tokens], self.images)
 
 
-def _token_vocab(model) -> TokenVocab:
-    vocab = getattr(model, "_token_vocab", None)
-    if vocab is None:
-        vocab = model._token_vocab = TokenVocab.from_gguf_vocab(model.vocab)
-    return vocab
-
-
 async def prepare_chat_async(req: ChatCompletionRequest, cm: ChatModel,
                              policy: ImagePolicy) -> ChatJob:
     """``prepare_chat``; a chat with images on a model with a projector has its images loaded
@@ -109,18 +83,38 @@ async def prepare_chat_async(req: ChatCompletionRequest, cm: ChatModel,
 
 def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
                  images: list[ImageInput] | None = None) -> ChatJob:
-    """``images``: the chat's images in order (only with ``cm.projector``; call this off the
-    event loop then: it encodes them)."""
+    """Validate and render a chat: messages -> tool/format constraint -> prompt -> budget.
+    ``images``: the chat's images in order (only with ``cm.projector``; call this off the event
+    loop then: it encodes them)."""
     marker = cm.projector.marker if images is not None else ""
+    messages = template_messages(req, cm.id, marker, images_allowed=images is not None)
+    messages, constraint, use_tools = _structure(req, cm, messages)
+    if use_tools and req.continue_final_message:
+        raise InvalidRequest("a final assistant message to continue cannot be combined with "
+                             "tools", param="messages")
+    rendered = render_chat(cm.require_template(), cm.model, messages,
+                           continue_final=req.continue_final_message)
+    prompt, spans = _tokenize_chat(cm, rendered, images)
+    mt = budget(len(prompt), req.token_limit, cm.engine.n_ctx_seq)
+    params = req.to_sampling_params(cm.model.n_vocab)
+    params.constraint = constraint
+    return ChatJob(req, cm, prompt, params, mt, tools=use_tools and constraint is not None,
+                   images=spans)
+
+
+def template_messages(req: ChatCompletionRequest, model_id: str, marker: str, *,
+                      images_allowed: bool) -> list[dict[str, Any]]:
+    """The messages as the chat template reads them; each image part becomes ``marker``. Image
+    parts without a projector and audio parts are a 400 naming the message."""
     messages = []
     for i, m in enumerate(req.messages):
-        if m.has_image() and images is None:
-            raise InvalidRequest(f"model {cm.id!r} cannot see images: it was not served with a "
-                                 "multimodal projector (--mmproj)", param=f"messages.{i}.content")
+        if m.has_image() and not images_allowed:
+            raise InvalidRequest(f"model {model_id!r} cannot see images: it was not served with "
+                                 "a multimodal projector (--mmproj)", param=f"messages.{i}.content")
         if m.has_audio():
-            raise InvalidRequest(f"model {cm.id!r} cannot hear audio input",
+            raise InvalidRequest(f"model {model_id!r} cannot hear audio input",
                                  param=f"messages.{i}.content")
-        msg = {"role": m.role, "content": m.text(marker)}
+        msg: dict[str, Any] = {"role": m.role, "content": m.text(marker)}
         if m.tool_calls:
             msg["tool_calls"] = [tc.model_dump() for tc in m.tool_calls]
         if m.tool_call_id:
@@ -128,6 +122,13 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
         if m.name:
             msg["name"] = m.name
         messages.append(msg)
+    return messages
+
+
+def _structure(req: ChatCompletionRequest, cm: ChatModel, messages: list[dict[str, Any]]
+               ) -> tuple[list[dict[str, Any]], Any, bool]:
+    """Tools and ``response_format``: the messages with the tool prompt added, the token
+    constraint (None = free text) and whether the answer is a tool call."""
     constraint = None
     use_tools = bool(req.tools) and req.tool_choice != "none"
     if req.tools is not None or req.tool_choice is not None:
@@ -140,25 +141,25 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
                                  param="response_format")
         schema = tools.tool_output_schema(req.tools, req.tool_choice, req.parallel_tool_calls)
         if schema is not None:
-            constraint = compile_json_schema(schema, _token_vocab(cm.model), param="tools")
+            constraint = compile_json_schema(schema, cm.token_vocab, param="tools")
     elif req.response_format is not None:
-        constraint = constraint_for_response_format(req.response_format, _token_vocab(cm.model))
-    text = cm.require_template().render(messages, add_generation_prompt=True)
-    spans: tuple[ImageSpan, ...] = ()
+        constraint = constraint_for_response_format(req.response_format, cm.token_vocab)
+    return messages, constraint, use_tools
+
+
+def _tokenize_chat(cm: ChatModel, rendered: RenderedChat, images: list[ImageInput] | None
+                   ) -> tuple[list[int], tuple[ImageSpan, ...]]:
+    """The rendered chat as prompt tokens; with images, also their encoded spans. Client text
+    is plain text in both: only the template's markup becomes control tokens (chat_prompt)."""
     if images is None:
-        prompt = cm.model.tokenize(text, add_special=True, parse_special=True)
-    else:
-        prompt, spans = cm.projector.tokenize(text, images)
-        _check_images(spans, images, cm.engine.cfg.n_batch)
-        if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
-            raise InvalidRequest("the rendered prompt ends with an image", param="messages")
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    mt = budget(len(prompt), max_tokens, cm.engine.n_ctx_seq)
-    params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs,
-                             top_logprobs=req.top_logprobs or 0, max_tokens=max_tokens)
-    params.constraint = constraint
-    return ChatJob(req, cm, prompt, params, mt, tools=use_tools and constraint is not None,
-                   images=spans)
+        return rendered.tokenize(cm.model), ()
+    prompt, spans = cm.projector.tokenize(rendered.segments, images)
+    _check_images(spans, images, cm.engine.cfg.n_batch)
+    if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
+        raise InvalidRequest("the rendered prompt ends with an image", param="messages")
+    return prompt, spans
+
+
 
 
 def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batch: int) -> None:
@@ -172,9 +173,9 @@ def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batc
 def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | None]:
     """The assistant message (with tool_calls in tool mode) and the final finish_reason."""
     if not job.tools:
-        return {"role": "assistant", "content": text, "refusal": None}, finish
+        return {"role": "assistant", "content": text, "refusal": None, "annotations": []}, finish
     content, calls = tools.parse_tool_output(text)
-    msg: dict = {"role": "assistant", "content": content, "refusal": None}
+    msg: dict = {"role": "assistant", "content": content, "refusal": None, "annotations": []}
     if calls:
         msg["tool_calls"] = [c.to_dict() for c in calls]
         if finish == "stop":
@@ -204,7 +205,7 @@ async def chat_response(job: ChatJob, gen: Generation) -> dict:
             "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
 
 
-def _chunker(req: _Sampling, model_id: str, prefix: str, obj: str) -> Callable[..., Event]:
+def _chunker(req: SamplingRequest, model_id: str, prefix: str, obj: str) -> Callable[..., Event]:
     """Builds one stream's chunks: one id and ``created`` for all, ``usage`` only when asked."""
     cid, created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
 
@@ -287,8 +288,7 @@ def prepare_completion(req: CompletionRequest, cm: ChatModel) -> CompletionJob:
         prompts.append(toks)
     mts = [budget(len(t), req.max_tokens if req.max_tokens is not None else 16,
                   cm.engine.n_ctx_seq) for t in prompts]
-    params = sampling_params(req, cm.model.n_vocab, logprobs=req.logprobs is not None,
-                             top_logprobs=req.logprobs or 0, max_tokens=req.max_tokens)
+    params = req.to_sampling_params(cm.model.n_vocab)
     return CompletionJob(req, cm, prompts, texts, params, mts)
 
 

@@ -29,6 +29,7 @@ class Generation:
         self.completion_tokens = 0
         self.cached_tokens = 0
         self.drafted_tokens = self.accepted_tokens = 0  # speculative decoding
+        self.stop_sequences: dict[int, str] = {}  # choice index -> the stop string that ended it
         try:
             for i, prompt in enumerate(prompts):
                 for j in range(n):
@@ -65,6 +66,8 @@ class Generation:
                     self.cached_tokens += out.num_cached_tokens
                     self.drafted_tokens += out.num_drafted_tokens
                     self.accepted_tokens += out.num_accepted_tokens
+                    if out.stop_sequence is not None:
+                        self.stop_sequences[idx] = out.stop_sequence
                     if out.finish_reason == "queue_timeout":
                         raise QueueTimeout("the request waited in the queue longer than the "
                                            "queue timeout")

@@ -16,6 +16,8 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +32,7 @@ from ferry.engine.chat_template import ChatTemplate
 from ferry.engine.engine import Engine, EngineConfig
 from ferry.engine.model import Model
 from ferry.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
+from ferry.structured.vocab import TokenVocab
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class ModelSpec:
     parallel: int | None = None  # slots (chat) or concurrent forwards (embedding)
     chat_template: str | None = None
     mmproj: str | None = None  # multimodal projector (chat): image_url parts are accepted
+    hub: str | None = None  # a Hugging Face name (ferry.hub); path is "" until it is downloaded
 
 
 @dataclass
@@ -62,6 +66,11 @@ class ChatModel:
     @property
     def model(self) -> Model:
         return self.engine.model
+
+    @functools.cached_property
+    def token_vocab(self) -> TokenVocab:
+        """The vocabulary as structured outputs read it (built on first use)."""
+        return TokenVocab.from_gguf_vocab(self.model.vocab)
 
     def require_template(self) -> ChatTemplate:
         if self.template is None:
@@ -139,7 +148,8 @@ class ModelRegistry:
                  embedding_concurrency: int = 2, embedding_threads: int = 1,
                  on_chat_loaded: Callable[[ChatModel], None] | None = None,
                  on_chat_unloaded: Callable[[ChatModel], None] | None = None,
-                 load_timeout: float = 600.0) -> None:
+                 load_timeout: float = 600.0, aliases: dict[str, str] | None = None,
+                 any_model: bool = False) -> None:
         self.slots: dict[str, Slot] = {}
         for s in specs:
             if s.kind not in ("chat", "embedding"):
@@ -148,6 +158,8 @@ class ModelRegistry:
                 raise ValueError(f"model id {s.id!r} is configured twice")
             self.slots[s.id] = Slot(s)
         self.default: str | None = next((s.id for s in specs if s.kind == "chat"), None)
+        self.aliases = dict(aliases or {})  # extra name -> a model id (or "default")
+        self.any_model = any_model
         self.ready = False
         self._engine_config = engine_config
         self._chat_template = chat_template
@@ -168,8 +180,9 @@ class ModelRegistry:
 
     def slot(self, name: str | None, kind: str | None = None) -> Slot:
         """The configured model ``name`` (None/"default" = the default chat model, or the first
-        embedding model when ``kind`` is "embedding"); 404 if unknown, 400 if it is of another
-        kind than ``kind``."""
+        embedding model when ``kind`` is "embedding"; an ``--alias`` = its target). An unknown
+        name is a 404 listing the ids, or with ``any_model`` the default model of ``kind``; a
+        model of another kind than ``kind`` is a 400."""
         if not name and kind == "embedding":
             name = next((i for i, x in self.slots.items() if x.spec.kind == "embedding"), None)
             if name is None:
@@ -178,18 +191,37 @@ class ModelRegistry:
             if self.default is None:
                 raise ModelNotFound("no chat model is configured", param="model")
             name = self.default
-        s = self.slots.get(name)
+        s = self._find(name)
+        if s is None and self.any_model and kind in ("chat", "embedding"):
+            return self.slot(None, kind)
         if s is None:
-            s = next((x for x in self.slots.values()
-                      if name in (Path(x.spec.path).name, x.spec.path)), None)
-        if s is None:
-            raise ModelNotFound(f"The model `{name}` does not exist", param="model")
+            raise ModelNotFound(f"The model `{name}` does not exist; available models: "
+                                f"{', '.join(self.ids(kind))}", param="model")
         if kind is not None and s.spec.kind != kind:
             use = "/v1/embeddings" if s.spec.kind == "embedding" else "/v1/chat/completions"
             raise InvalidRequest(f"model {s.spec.id!r} is a {s.spec.kind} model and cannot serve "
                                  f"this endpoint; use it with {use}", param="model",
                                  code="model_not_supported")
         return s
+
+    def _find(self, name: str) -> Slot | None:
+        target = self.aliases.get(name, name)
+        if target == "default" and self.default is not None:
+            target = self.default
+        s = self.slots.get(target)
+        if s is None:
+            s = next((x for x in self.slots.values()
+                      if name in (Path(x.spec.path).name, x.spec.path)), None)
+        return s
+
+    def ids(self, kind: str | None = None) -> list[str]:
+        """Ids and aliases of the configured models (of ``kind`` if given)."""
+        ids = [i for i, s in self.slots.items() if kind is None or s.spec.kind == kind]
+        for alias in self.aliases:
+            s = self._find(alias)
+            if s is not None and (kind is None or s.spec.kind == kind):
+                ids.append(alias)
+        return ids
 
     def get_chat(self, name: str | None) -> ChatModel:
         """The loaded chat model ``name`` (callers hold a lease from ``acquire``)."""
@@ -220,13 +252,26 @@ class ModelRegistry:
             s.last_used = time.monotonic()
 
     async def load(self, name: str) -> Slot:
+        """Load ``name`` now; a hub model not yet in the cache is downloaded first."""
         s = self.slot(name)
         if s.spec.kind == "transcription":
             raise InvalidRequest("transcription models load on first use", param="model")
+        if s.spec.hub and not s.spec.path:
+            from ferry import hub
+
+            try:
+                path = await asyncio.to_thread(hub.resolve, hub.parse(s.spec.hub))
+            except hub.HubError as e:
+                raise ServiceUnavailable(str(e), code="model_download_failed") from None
+            s.spec = dataclasses.replace(s.spec, path=path or "")
         await self._ensure_loaded(s)
         return s
 
     async def _ensure_loaded(self, s: Slot) -> None:
+        if not s.spec.path:  # never download for a request: only start-up and load() do
+            raise ServiceUnavailable(f"model {s.spec.id!r} is not downloaded yet; POST "
+                                     f"/v1/models/{s.spec.id}/load fetches it",
+                                     code="model_not_downloaded")
         deadline = time.monotonic() + self._load_timeout
         while True:
             while s.draining:
@@ -305,12 +350,13 @@ class ModelRegistry:
 
             n = spec.parallel or self._emb_concurrency
             em = EmbeddingModel.from_dir(spec.path, name=spec.id, n_threads=self._emb_threads,
-                                         max_contexts=n)
+                                         max_contexts=n,
+                                         placement=self._engine_config(spec).placement)
             log.info("loaded embedding model %s from %s (dim=%d)", spec.id, spec.path, em.dim)
             return EmbeddingRuntime(spec.id, em, asyncio.Semaphore(n))
         assert self._loop is not None, "start() sets the loop"
-        model = Model(spec.path)
         cfg = self._engine_config(spec)
+        model = Model(spec.path, cfg.placement)
         engine = Engine(model, cfg)
         engine.start(self._loop)
         source = spec.chat_template or self._chat_template or model.chat_template

@@ -20,8 +20,8 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from ferry.api.schemas import ImagePart, Message
 from ferry.errors import InvalidRequest, PayloadTooLarge
+from ferry.protocol.openai import ImagePart, Message
 
 FETCH_TIMEOUT_S = 10.0
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")

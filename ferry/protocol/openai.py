@@ -1,12 +1,28 @@
-"""Request schemas (pydantic v2). Bounds here are the API contract: a violation is a 400 naming
-the parameter. Unknown fields are ignored, as most OpenAI-compatible servers do, so clients that
-send newer parameters keep working."""
+"""OpenAI's request models (chat, completions, tokenizer, embeddings), the services' input.
+
+Bounds here are the API contract: a violation is a 400 naming the parameter. Unknown fields are
+ignored, as most OpenAI-compatible servers do, so clients that send newer parameters keep working.
+``to_sampling_params`` turns a request into the engine's ``SamplingParams``.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+
+from ferry.engine.sequence import SamplingParams
+from ferry.errors import InvalidRequest
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -90,7 +106,9 @@ class StreamOptions(_Req):
     include_usage: bool = False
 
 
-class _Sampling(_Req):
+class SamplingRequest(_Req):
+    """The fields chat and text completions share: model, streaming and sampling."""
+
     model: str | None = None
     stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
@@ -115,6 +133,26 @@ class _Sampling(_Req):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def sampling(self, n_vocab: int, *, max_tokens: int | None, logprobs: bool = False,
+                 top_logprobs: int = 0) -> SamplingParams:
+        """The engine's parameters; OpenAI's defaults (temperature and top_p 1) for unset
+        fields. A ``logit_bias`` token outside ``0..n_vocab-1`` is a 400."""
+        bias: dict[int, float] = {}
+        for k, v in (self.logit_bias or {}).items():
+            tok = int(k)
+            if not 0 <= tok < n_vocab:
+                raise InvalidRequest(f"logit_bias token id {tok} is outside the vocabulary "
+                                     f"(0..{n_vocab - 1})", param="logit_bias")
+            bias[tok] = float("-inf") if v <= -100 else v
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k, min_p=self.min_p, repeat_penalty=self.repeat_penalty,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias=bias, seed=self.seed, max_tokens=max_tokens, stop=list(self.stop or []),
+            ignore_eos=self.ignore_eos, logprobs=logprobs, top_logprobs=top_logprobs,
+            speculative=self.speculative)
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str] | None:
@@ -136,24 +174,7 @@ class _Sampling(_Req):
         return v
 
 
-class ResponseFormat(_Req):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
-
-
-class FunctionDef(_Req):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-
-class Tool(_Req):
-    type: Literal["function"]
-    function: FunctionDef
-
-
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -162,15 +183,28 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
+    # vLLM's extension: the final assistant message is left open and the answer continues it
+    continue_final_message: bool = Field(False, strict=True)
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
+        if self.continue_final_message and self.messages[-1].role != "assistant":
+            raise ValueError("continue_final_message needs a final assistant message")
         return self
 
+    @property
+    def token_limit(self) -> int | None:
+        """``max_completion_tokens`` (OpenAI's current name), else ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
 
-class CompletionRequest(_Sampling):
+    def to_sampling_params(self, n_vocab: int) -> SamplingParams:
+        return self.sampling(n_vocab, max_tokens=self.token_limit, logprobs=self.logprobs,
+                             top_logprobs=self.top_logprobs or 0)
+
+
+class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
@@ -183,6 +217,10 @@ class CompletionRequest(_Sampling):
         if isinstance(v, list) and not v:
             raise ValueError("prompt must not be empty")
         return v
+
+    def to_sampling_params(self, n_vocab: int) -> SamplingParams:
+        return self.sampling(n_vocab, max_tokens=self.max_tokens,
+                             logprobs=self.logprobs is not None, top_logprobs=self.logprobs or 0)
 
 
 class TokenizeRequest(_Req):
@@ -201,3 +239,38 @@ class TokenizeRequest(_Req):
 class DetokenizeRequest(_Req):
     model: str | None = None
     tokens: list[int]
+
+
+class EmbeddingRequest(_Req):
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    model: StrictStr
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _input(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(v)
+        except ValidationError:  # one message naming `input`, not one per union member
+            raise ValueError("input must be a string, a list of strings, a list of token ids "
+                             "or a list of token-id lists") from None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
