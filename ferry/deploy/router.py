@@ -39,6 +39,11 @@ class FerryRequestRouter(RequestRouter):
             if n is not None:
                 load[rid] = n
         ranks = self.table.rank(list(by_id), _hint(pending_request), load)
+        if pending_request is not None:
+            # Every pass considers every replica, so a pass that placed nothing (replicas full,
+            # a targeted replica gone) must back off before the next: without this, Serve
+            # retries at once and a choice with no candidates spins the handle's event loop.
+            pending_request.routing_context.should_backoff = True
         return [[by_id[rid] for rid in rank] for rank in ranks]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
