@@ -86,7 +86,10 @@ def resolve(ref: HubRef, *, download: bool = True) -> str | None:
     except HubError:
         raise
     except Exception as e:  # noqa: BLE001 - huggingface_hub's HTTP, offline, cache errors
-        raise HubError(f"model {ref}: {_explain(e)}") from None
+        says = _explain(e)
+        if says.startswith("no such repository") and not (ref.quant or ref.filename):
+            says += "; nor a local file of that name"
+        raise HubError(f"model {ref}: {says}") from None
 
 
 def _offline() -> bool:

@@ -19,10 +19,13 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 class HubStandIn:
-    """``repos`` maps ``org/name`` to ``{path in repo: local file}``."""
+    """``repos`` maps ``org/name`` to ``{path in repo: local file}``; a repo in ``private``
+    answers only requests bearing its token (else 401 RepoNotFound, as the Hub does)."""
 
-    def __init__(self, repos: dict[str, dict[str, Path]]) -> None:
+    def __init__(self, repos: dict[str, dict[str, Path]],
+                 private: dict[str, str] | None = None) -> None:
         self.repos = repos
+        self.private = private or {}
         self.requests: list[str] = []
         self._etags: dict[Path, str] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -67,9 +70,19 @@ class HubStandIn:
                     return self._file(m[1], m[3], body)
                 return self._error(404, "RepoNotFound", "Repository not found")
 
-            def _info(self, repo: str) -> None:
+            def _hidden(self, repo: str) -> bool:
                 if repo not in hub.repos:
-                    return self._error(404, "RepoNotFound", "Repository not found")
+                    self._error(404, "RepoNotFound", "Repository not found")
+                    return True
+                token = hub.private.get(repo)
+                if token and self.headers.get("Authorization") != f"Bearer {token}":
+                    self._error(401, "RepoNotFound", "Invalid username or password.")
+                    return True
+                return False
+
+            def _info(self, repo: str) -> None:
+                if self._hidden(repo):
+                    return
                 doc = {"_id": repo, "id": repo, "modelId": repo, "sha": COMMIT,
                        "private": False, "gated": False, "tags": ["gguf"],
                        "siblings": [{"rfilename": f} for f in hub.repos[repo]]}
@@ -79,8 +92,8 @@ class HubStandIn:
                 self.wfile.write(data)
 
             def _file(self, repo: str, name: str, body: bool) -> None:
-                if repo not in hub.repos:
-                    return self._error(404, "RepoNotFound", "Repository not found")
+                if self._hidden(repo):
+                    return None
                 local = hub.repos[repo].get(name)
                 if local is None:
                     return self._error(404, "EntryNotFound", "Entry not found")

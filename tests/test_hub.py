@@ -18,6 +18,8 @@ from ferry.engine.model import bundled_model_path
 
 GGUF = Path(bundled_model_path())
 REPO = "ferry-test/SmolLM2-135M-Instruct-GGUF"
+PRIVATE = "ferry-test/private-GGUF"
+TOKEN = "hf_test_token_123"
 FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MSG = [{"role": "user", "content": "Say hello"}]
 
@@ -26,7 +28,8 @@ MSG = [{"role": "user", "content": "Say hello"}]
 def standin():
     # the Q8_0 entry is listed, never downloaded: it shows that the tag picks the file
     s = HubStandIn({REPO: {FILE: GGUF, "SmolLM2-135M-Instruct.Q8_0.gguf": GGUF,
-                           "README.md": Path(__file__)}})
+                           "README.md": Path(__file__)},
+                    PRIVATE: {FILE: GGUF}}, private={PRIVATE: TOKEN})
     yield s
     s.close()
 
@@ -92,6 +95,8 @@ def test_a_name_downloads_with_progress_then_starts_from_the_cache_and_offline(s
 
 @pytest.mark.parametrize(("model", "extra", "says"), [
     ("ferry-test/no-such-repo:Q4_K_M", {}, "no such repository"),
+    ("models/my-model", {}, "no such repository (or it is private: set HF_TOKEN); nor a local "
+                            "file of that name"),
     (f"{REPO}:Q5_K_S", {}, "no Q5_K_S file; the repository has SmolLM2-135M-Instruct.Q4_1.gguf"),
     (REPO, {}, "several GGUF files"),
     (f"hf://{REPO}/missing.gguf", {}, "no such file in the repository"),
@@ -104,6 +109,17 @@ def test_a_bad_or_missing_name_is_one_line_and_exit_2(standin, tmp_path, model, 
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("ferry serve: error: "), r.stderr
     assert says in lines[0]
+
+
+def test_a_private_repo_needs_hf_token(standin, tmp_path):
+    r = serve_exit("--model", f"{PRIVATE}:Q4_1", env=hub_env(standin, tmp_path / "a"))
+    assert r.returncode == 2 and "private: set HF_TOKEN" in r.stderr
+    s = FerryServer("--model", f"{PRIVATE}:Q4_1",
+                    env=hub_env(standin, tmp_path / "b", HF_TOKEN=TOKEN))
+    try:
+        chat_ok(s, f"{PRIVATE}:Q4_1")
+    finally:
+        s.stop()
 
 
 def test_the_default_model_of_a_models_config_downloads_at_start_up(standin, tmp_path):

@@ -71,6 +71,18 @@ def test_any_model_streams_and_completions_too(dropin):
                                      max_tokens=4).choices[0].text
 
 
+def test_any_model_serves_the_responses_and_anthropic_apis_under_their_names(dropin):
+    import anthropic
+
+    r = client_for(dropin).responses.create(model="gpt-4o", input="Say hello",
+                                            max_output_tokens=16)
+    assert r.status in ("completed", "incomplete") and r.output
+    anth = anthropic.Anthropic(base_url=dropin.url, api_key="none", max_retries=0,
+                               _strict_response_validation=True, timeout=120)
+    m = anth.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
+    assert m.content and m.content[0].type == "text"
+
+
 def test_any_model_keeps_a_known_model_of_another_kind_a_400(dropin):
     r = httpx.post(dropin.url + "/v1/chat/completions", timeout=60,
                    json={"model": "all-minilm-l6-v2", "messages": MSG})

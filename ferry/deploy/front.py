@@ -30,12 +30,12 @@ from ferry import __version__
 from ferry.api import errors as api_errors
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.routes import until_disconnect
-from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.api.streams import router as streams_router
 from ferry.deploy.registry import ReplicaRegistry
 from ferry.deploy.replica import Reply
 from ferry.deploy.routing import RouteHint
 from ferry.errors import FerryError, ServiceUnavailable
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.services.resumable import StreamSessions
 from ferry.settings import Settings
 from ferry.sse import Event, EventStreamResponse, encode

@@ -27,11 +27,11 @@ from pydantic import ValidationError
 
 from ferry.api import errors as api_errors
 from ferry.api.models import describe
-from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.app import AppState
 from ferry.deploy.registry import ReplicaRegistry
 from ferry.deploy.routing import RouteHint
 from ferry.errors import FerryError, InvalidRequest
+from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
 from ferry.services import completions as svc
 from ferry.services.generation import Generation
 from ferry.services.resumable import encoded
