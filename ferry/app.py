@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -206,6 +207,8 @@ def _backend() -> str:
 def _cli_spec(alias: str | None, ref: str) -> ModelSpec:
     name = hub.parse(ref)
     if name is None:
+        if not os.path.exists(ref):
+            raise ValueError(f"--model {ref}: no such file")
         return ModelSpec(alias or model_id_for(ref), ref)
     return ModelSpec(alias or name.model_id, hub.resolve(name) or "", hub=str(name))
 

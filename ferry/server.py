@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import socket
 import sys
@@ -32,6 +33,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ferry import logs
 from ferry.errors import ServiceUnavailable
 from ferry.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Per-connection kernel send buffer and transport high-water mark: a reader that stops reading
 # fills these quickly, so its sends block and --send-timeout ends the stream; server memory per
@@ -75,6 +78,9 @@ class HalfCloseProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         if not self._over_limit:
             return super().on_headers_complete()
+        peer = self.client[0] if self.client else "?"
+        log.warning("503 to %s: %d connections open (--max-connections)", peer,
+                    len(self.admitted), extra={"status": 503, "client": peer})
         app, self.app = self.app, _too_many_connections  # this request only
         try:
             super().on_headers_complete()

@@ -36,6 +36,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
      "--ssl-certfile /nonexistent/cert.pem: no such file"),
     (("--ssl-certfile", __file__), "--ssl-certfile and --ssl-keyfile go together"),
     (("--max-connections", "-1"), "--max-connections"),
+    (("--model", "/nonexistent/x.gguf"), "--model /nonexistent/x.gguf: no such file"),
     (("--log-format", "xml"), "--log-format"),
     (("--streams-lookup-format", "ollama"), "--streams-lookup-format"),
 ])

@@ -110,6 +110,7 @@ def test_over_max_connections_is_a_fast_503_and_the_admitted_four_are_served(lim
         assert raw.rstrip().endswith(b"data: [DONE]")
     # never a hang: every refusal came while the admitted streams were still generating
     assert max(r[2] for r in refused) < min(r[2] for r in served)
+    assert limited.log().count("(--max-connections)") >= 4
 
 
 def until_admitted(c: httpx.Client) -> httpx.Response:
