@@ -49,7 +49,7 @@ accel: $(VENV)/.installed
 	fi
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,ray]'
 	touch $@
 
 install: $(VENV)/.installed accel

@@ -178,20 +178,18 @@ def _download(ref: HubRef, files: list[str]) -> str:
     return paths[0]
 
 
-class _LineWriter:
-    """tqdm's output as whole lines: a log file or a container log gets one line per update
-    instead of carriage returns (or, as tqdm does by default off a terminal, nothing)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
+class _LogWriter:
+    """tqdm's output as log records: a log file or a container log gets one line per update
+    (JSON with --log-format json) instead of carriage returns, or, as tqdm does by default off a
+    terminal, nothing."""
 
     def write(self, text: str) -> None:
         text = text.replace("\r", "").strip()
         if text:
-            self.stream.write(text + "\n")
+            log.info("%s", text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        pass
 
 
 def _progress_class():
@@ -204,7 +202,7 @@ def _progress_class():
         def __init__(self, *args, **kwargs) -> None:
             if not sys.stderr.isatty() and kwargs.get("disable") is None:
                 kwargs |= {"disable": False, "mininterval": 5.0, "ascii": True,
-                           "file": _LineWriter(sys.stderr)}
+                           "file": _LogWriter()}
             super().__init__(*args, **kwargs)
 
     return Progress

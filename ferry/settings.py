@@ -217,13 +217,45 @@ class SecurityOptions(FlagGroup):
                                    "URIs only")
 
 
+class RayOptions(FlagGroup):
+    """Scale-out on Ray Serve (ferry.deploy): Ferry's front door in front of engine replicas."""
+
+    group: ClassVar[str] = "ray"
+
+    ray: bool = Field(False, description="serve on Ray Serve: Ferry's HTTP front door in front "
+                      "of engine replicas that Ray places, health-checks, restarts and "
+                      "autoscales (needs --stream-store redis://)")
+    ray_address: str | None = Field(None, description="Ray cluster to deploy on or join",
+                                    json_schema_extra=_meta("ADDRESS", "none: start a local "
+                                                            "Ray instance for this process"))
+    ray_config: str | None = Field(None, description="deploy this Serve config file (as `serve "
+                                   "run FILE` would) instead of one built from these settings",
+                                   json_schema_extra=_meta("PATH", "none"))
+    print_ray_config: bool = Field(False, description="print the Serve config file these "
+                                   "settings deploy (for serve run / serve deploy / a KubeRay "
+                                   "RayService) and exit")
+    replicas: int = Field(1, ge=1, description="engine replicas; the minimum when autoscaling")
+    max_replicas: int = Field(0, ge=0, description="autoscale engine replicas up to this many, "
+                              "targeting --parallel ongoing requests per replica (0: a fixed "
+                              "--replicas)")
+    replica_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine replica")
+    front_doors: int = Field(1, ge=1, description="front door replicas; each listens on --port "
+                             "plus its rank on its node")
+    ray_routing: Literal["cache", "random"] = Field(
+        "cache", description="this front door's engine replica choice: cache (conversation "
+        "affinity, then longest cached prefix, then least loaded) or random")
+    front_door_only: bool = Field(False, description="join a running Ferry deployment on Ray "
+                                  "(--ray-address, default auto) as one more front door in this "
+                                  "process, deploying nothing")
+
+
 GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions,
                                        HardwareOptions, StreamOptions, LimitOptions,
-                                       SecurityOptions)
+                                       SecurityOptions, RayOptions)
 
 
-class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, HardwareOptions,
-               EngineOptions, ModelOptions, ServerOptions):
+class Settings(BaseSettings, RayOptions, SecurityOptions, LimitOptions, StreamOptions,
+               HardwareOptions, EngineOptions, ModelOptions, ServerOptions):
     """Serve the OpenAI-compatible API. Every flag is also an environment variable: FERRY_ and
     the flag's name (--parallel 8 = FERRY_PARALLEL=8; lists comma-separated)."""
 

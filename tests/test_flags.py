@@ -56,7 +56,7 @@ def test_every_flag_shows_a_metavar_and_its_default(help_text):
 def test_help_groups_flags_like_llama_server(help_text):
     titles = re.findall(r"^([a-z]+):$", help_text, re.MULTILINE)
     assert titles == ["options", "server", "models", "engine", "hardware", "streams", "limits",
-                      "security"]
+                      "security", "ray"]
     assert {g.group for g in GROUPS} == {f.group for f in flags()}
     section = help_text.split("\nengine:\n", 1)[1].split("\nstreams:\n", 1)[0]
     assert "--parallel N" in section and "--batch-size N" in section

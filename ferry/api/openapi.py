@@ -160,8 +160,9 @@ OK: dict[tuple[str, str], dict] = {
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
           StreamLookupResponse, LlamaStreamInfo, anthropic.AnthropicMessage,
-          anthropic.AnthropicTokenCount, anthropic.AnthropicErrorResponse, responses.ResponseObject, responses.DeletedResponse,
-          responses.ResponseItemList, responses.InputTokenCount)
+          anthropic.AnthropicTokenCount, anthropic.AnthropicErrorResponse,
+          responses.ResponseObject, responses.DeletedResponse, responses.ResponseItemList,
+          responses.InputTokenCount)
 
 
 def build(app: FastAPI) -> dict:
