@@ -85,7 +85,7 @@ def resolve(ref: HubRef, *, download: bool = True) -> str | None:
         return _download(ref, files)
     except HubError:
         raise
-    except Exception as e:  # noqa: BLE001 - huggingface_hub's HTTP, offline, cache errors
+    except Exception as e:  # huggingface_hub's HTTP, offline, cache errors
         says = _explain(e)
         if says.startswith("no such repository") and not (ref.quant or ref.filename):
             says += "; nor a local file of that name"
@@ -112,7 +112,7 @@ def _from_cache(ref: HubRef) -> str | None:
         return path if isinstance(path, str) else None
     try:  # the cached snapshot of the revision (no request with local_files_only)
         snap = Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, whichever way huggingface_hub says it
+    except Exception:
         return None
     have = [p.relative_to(snap).as_posix() for p in snap.rglob("*.gguf")]
     try:
@@ -178,20 +178,18 @@ def _download(ref: HubRef, files: list[str]) -> str:
     return paths[0]
 
 
-class _LineWriter:
-    """tqdm's output as whole lines: a log file or a container log gets one line per update
-    instead of carriage returns (or, as tqdm does by default off a terminal, nothing)."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
+class _LogWriter:
+    """tqdm's output as log records: a log file or a container log gets one line per update
+    (JSON with --log-format json) instead of carriage returns, or, as tqdm does by default off a
+    terminal, nothing."""
 
     def write(self, text: str) -> None:
         text = text.replace("\r", "").strip()
         if text:
-            self.stream.write(text + "\n")
+            log.info("%s", text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        pass
 
 
 def _progress_class():
@@ -204,7 +202,7 @@ def _progress_class():
         def __init__(self, *args, **kwargs) -> None:
             if not sys.stderr.isatty() and kwargs.get("disable") is None:
                 kwargs |= {"disable": False, "mininterval": 5.0, "ascii": True,
-                           "file": _LineWriter(sys.stderr)}
+                           "file": _LogWriter()}
             super().__init__(*args, **kwargs)
 
     return Progress

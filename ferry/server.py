@@ -152,11 +152,20 @@ def serve(settings: Settings) -> int:
     from ferry.app import create_app
 
     logs.configure(settings.log_level, settings.log_format)
+    if settings.ray or settings.print_ray_config or settings.front_door_only:
+        from ferry.deploy.launch import serve_ray  # Ray is imported only on this path
+
+        return serve_ray(settings)
     try:
         app = create_app(settings)  # resolves (downloads) hub models named with --model
     except ValueError as e:  # a bad model name, alias or models config: one line, no traceback
-        print(f"ferry serve: error: {e}", file=sys.stderr)
+        print(f"ferry serve: error: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's own line
         return 2
+    return run(app, settings)
+
+
+def run(app, settings: Settings) -> int:
+    """Serve ``app`` with Ferry's protocol until SIGTERM/SIGINT (graceful, exit 0)."""
     server = uvicorn.Server(uvicorn_config(app, settings))
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown, with whatever handler
     # was installed before it; a no-op handler makes a completed graceful shutdown exit 0.

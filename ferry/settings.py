@@ -13,8 +13,10 @@ import os
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+CTX_PER_SLOT = 2048  # fewest KV cells per slot when --ctx-size is 0
 BATCH_SIZE = 512  # tokens per llama_decode
 
 
@@ -24,10 +26,10 @@ def _split(v: object) -> object:
     return v
 
 
-def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, str]:
+def _meta(metavar: str | None = None, default: str | None = None) -> JsonDict:
     """``json_schema_extra`` of a field: the name of its value in ``--help`` and, for defaults
     that are not a plain value (a factory, a sentinel), the text shown as the default."""
-    out = {}
+    out: JsonDict = {}
     if metavar:
         out["metavar"] = metavar
     if default:
@@ -35,7 +37,13 @@ def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, s
     return out
 
 
-class ServerOptions(BaseModel):
+class FlagGroup(BaseModel):
+    """A group of flags in ``--help``: ``group`` is its title, the docstring its description."""
+
+    group: ClassVar[str]
+
+
+class ServerOptions(FlagGroup):
     """Where Ferry listens and what it logs."""
 
     group: ClassVar[str] = "server"
@@ -57,7 +65,7 @@ class ServerOptions(BaseModel):
                                     "take to finish after SIGTERM")
 
 
-class ModelOptions(BaseModel):
+class ModelOptions(FlagGroup):
     """Which models are served and how they load."""
 
     group: ClassVar[str] = "models"
@@ -91,9 +99,12 @@ class ModelOptions(BaseModel):
                                        "per embedding model")
     embedding_threads: int = Field(1, ge=1, description="CPU threads per embedding forward")
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
+    model_load_timeout: float = Field(600.0, gt=0, description="seconds a request may wait for "
+                                      "its model to load (or for room to load it) before it "
+                                      "gets 503")
 
 
-class EngineOptions(BaseModel):
+class EngineOptions(FlagGroup):
     """How the chat engine batches and decodes."""
 
     group: ClassVar[str] = "engine"
@@ -128,7 +139,7 @@ class EngineOptions(BaseModel):
                                     json_schema_extra=_meta("PATH", "none"))
 
 
-class HardwareOptions(BaseModel):
+class HardwareOptions(FlagGroup):
     """Where weights and KV cache live (GPU offload, KV-cache types, loading); the chat, draft
     and embedding models all take these."""
 
@@ -153,7 +164,7 @@ class HardwareOptions(BaseModel):
     mlock: bool = Field(False, description="lock the model in RAM (never swapped out)")
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(FlagGroup):
     """Server-sent event streams and the resumable stream store."""
 
     group: ClassVar[str] = "streams"
@@ -179,7 +190,7 @@ class StreamOptions(BaseModel):
                                 "conversation) is kept after its last change")
 
 
-class LimitOptions(BaseModel):
+class LimitOptions(FlagGroup):
     """What one request may ask for and how long it may wait."""
 
     group: ClassVar[str] = "limits"
@@ -200,7 +211,7 @@ class LimitOptions(BaseModel):
                                  "connection's request gets an immediate 503 (0 = no limit)")
 
 
-class SecurityOptions(BaseModel):
+class SecurityOptions(FlagGroup):
     """Who may call the API and what the server fetches on a client's behalf."""
 
     group: ClassVar[str] = "security"
@@ -219,12 +230,45 @@ class SecurityOptions(BaseModel):
                                    "URIs only")
 
 
-GROUPS: tuple[type[BaseModel], ...] = (ServerOptions, ModelOptions, EngineOptions, HardwareOptions,
-                                       StreamOptions, LimitOptions, SecurityOptions)
+class RayOptions(FlagGroup):
+    """Scale-out on Ray Serve (ferry.deploy): Ferry's front door in front of engine replicas."""
+
+    group: ClassVar[str] = "ray"
+
+    ray: bool = Field(False, description="serve on Ray Serve: Ferry's HTTP front door in front "
+                      "of engine replicas that Ray places, health-checks, restarts and "
+                      "autoscales (needs --stream-store redis://)")
+    ray_address: str | None = Field(None, description="Ray cluster to deploy on or join",
+                                    json_schema_extra=_meta("ADDRESS", "none: start a local "
+                                                            "Ray instance for this process"))
+    ray_config: str | None = Field(None, description="deploy this Serve config file (as `serve "
+                                   "run FILE` would) instead of one built from these settings",
+                                   json_schema_extra=_meta("PATH", "none"))
+    print_ray_config: bool = Field(False, description="print the Serve config file these "
+                                   "settings deploy (for serve run / serve deploy / a KubeRay "
+                                   "RayService) and exit")
+    replicas: int = Field(1, ge=1, description="engine replicas; the minimum when autoscaling")
+    max_replicas: int = Field(0, ge=0, description="autoscale engine replicas up to this many, "
+                              "targeting --parallel ongoing requests per replica (0: a fixed "
+                              "--replicas)")
+    replica_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine replica")
+    front_doors: int = Field(1, ge=1, description="front door replicas; each listens on --port "
+                             "plus its rank on its node")
+    ray_routing: Literal["cache", "random"] = Field(
+        "cache", description="this front door's engine replica choice: cache (conversation "
+        "affinity, then longest cached prefix, then least loaded) or random")
+    front_door_only: bool = Field(False, description="join a running Ferry deployment on Ray "
+                                  "(--ray-address, default auto) as one more front door in this "
+                                  "process, deploying nothing")
 
 
-class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, HardwareOptions,
-               EngineOptions, ModelOptions, ServerOptions):
+GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions,
+                                       HardwareOptions, StreamOptions, LimitOptions,
+                                       SecurityOptions, RayOptions)
+
+
+class Settings(BaseSettings, RayOptions, SecurityOptions, LimitOptions, StreamOptions,
+               HardwareOptions, EngineOptions, ModelOptions, ServerOptions):
     """Serve the OpenAI-compatible API. Every flag is also an environment variable: FERRY_ and
     the flag's name (--parallel 8 = FERRY_PARALLEL=8; lists comma-separated)."""
 

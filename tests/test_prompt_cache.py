@@ -94,6 +94,11 @@ def check(s: Scheduler, kv: FakeKv) -> None:
     assert kv.used() <= s.pool_cells
 
 
+def sched(**kw) -> Scheduler:
+    return Scheduler(max_batch_tokens=kw.pop("max_batch_tokens", 512),
+                     prefill_chunk=kw.pop("prefill_chunk", 64), **kw)
+
+
 def seq(prompt: list[int], ns: str = "", max_tokens: int = 4) -> Sequence:
     return Sequence(prompt, SamplingParams(), max_tokens, lambda o: None, cache_ns=ns)
 
@@ -212,7 +217,7 @@ def test_a_newer_entry_covering_an_older_one_replaces_it():
 
 def test_a_follow_up_turn_reuses_the_history_from_ram_after_others_pushed_it_out():
     kv = FakeKv()
-    s = Scheduler(n_slots=1, kv=kv, n_seq_ids=2, pool_cells=200, ram_budget=100_000,
+    s = sched(n_slots=1, kv=kv, n_seq_ids=2, pool_cells=200, ram_budget=100_000,
                   min_restore=BLOCK, headroom=1)
     first = run_one(s, kv, seq(list(range(60))))
     for i in range(3):  # other conversations take the pool
@@ -224,14 +229,14 @@ def test_a_follow_up_turn_reuses_the_history_from_ram_after_others_pushed_it_out
 
 def test_another_namespace_gets_no_hit():
     kv = FakeKv()
-    s = Scheduler(n_slots=1, kv=kv, n_seq_ids=4, pool_cells=500, headroom=1)
+    s = sched(n_slots=1, kv=kv, n_seq_ids=4, pool_cells=500, headroom=1)
     run_one(s, kv, seq(list(range(60)), ns="alice"))
     assert run_one(s, kv, seq(list(range(60)) + [1], ns="bob")).num_cached == 0
     assert run_one(s, kv, seq(list(range(60)) + [1], ns="alice")).num_cached == 60
 
 
 def test_concurrent_prompts_share_in_flight_only_within_a_namespace():
-    s = Scheduler(n_slots=2, min_share=4)
+    s = sched(n_slots=2, min_share=4)
     system = list(range(100, 140))
     a, b = seq(system + [1], ns="alice"), seq(system + [2], ns="bob")
     s.add(a)
@@ -242,7 +247,7 @@ def test_concurrent_prompts_share_in_flight_only_within_a_namespace():
 
 def test_cheap_follow_ups_go_first_but_the_oldest_is_passed_over_a_bounded_number_of_times():
     kv = FakeKv()
-    s = Scheduler(n_slots=1, kv=kv, pool_cells=10_000, max_bypass=2, headroom=1)
+    s = sched(n_slots=1, kv=kv, pool_cells=10_000, max_bypass=2, headroom=1)
     base = run_one(s, kv, seq(list(range(200)), max_tokens=1))
     long_first = seq(list(range(1000, 1300)), max_tokens=1)
     s.add(long_first)
@@ -260,20 +265,18 @@ def test_cheap_follow_ups_go_first_but_the_oldest_is_passed_over_a_bounded_numbe
 
 def test_the_pool_never_overflows_running_sequences_are_preempted_and_resumed_exactly():
     kv = FakeKv()
-    s = Scheduler(n_slots=3, kv=kv, pool_cells=120, n_ctx_seq=120, headroom=1)
+    s = sched(n_slots=3, kv=kv, pool_cells=120, n_ctx_seq=120, headroom=1)
     qs = [seq([i * 100 + t for t in range(20)], max_tokens=40) for i in range(3)]
     for q in qs:
         s.add(q)
     preempted = 0
     while s.has_work():
-        plan_before = s.stats.steps
         step(s, kv)
         check(s, kv)
         preempted += sum(q.swapped is not None for q in s.waiting)
-        assert s.stats.steps == plan_before + 1
     assert preempted > 0
     for q in qs:
-        alone = [t for t in q.prompt]
+        alone = list(q.prompt)
         while len(alone) < len(q.prompt) + 40:
             alone.append(toy_model(alone))
         assert q.all_tokens == alone  # same output as if it had run alone
@@ -286,7 +289,7 @@ def test_random_conversations_never_see_a_wrong_or_foreign_prefix(data):
     RAM budget: at every step each sequence's KV is its own tokens, entries hold exactly their
     tokens, the budget holds, and a lookup finds what a brute-force search over entries finds."""
     kv = FakeKv()
-    s = Scheduler(n_slots=data.draw(st.integers(1, 3)), kv=kv, min_share=4,
+    s = sched(n_slots=data.draw(st.integers(1, 3)), kv=kv, min_share=4,
                   n_seq_ids=data.draw(st.integers(3, 6)), pool_cells=400, n_ctx_seq=200,
                   ram_budget=data.draw(st.sampled_from([0, 300, 2000])), min_restore=BLOCK,
                   headroom=1, max_bypass=2)

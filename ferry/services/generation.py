@@ -24,7 +24,6 @@ class Generation:
         """``images``: embedding spans of the (single) prompt, for chats with images.
         ``cache_ns``: prompt-cache namespace (``ferry.engine.cache.namespace``)."""
         self.engine = engine
-        self.prompts = prompts
         self._q: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
         self.seqs: list[Sequence] = []
         self.prompt_tokens = sum(len(p) for p in prompts)
@@ -53,10 +52,6 @@ class Generation:
         for s in self.seqs:
             if not s.cancelled:
                 self.engine.cancel(s)
-
-    @property
-    def finished(self) -> bool:
-        return self._open == 0
 
     async def outputs(self) -> AsyncIterator[tuple[int, Output]]:
         try:
