@@ -1,7 +1,8 @@
 """How fast a connection beyond --max-connections gets its 503, while the admitted connections
 stream: starts ``ferry serve --max-connections N --parallel N``, holds N streaming requests open,
 then opens ``--refusals`` fresh connections (raw sockets) one after another and times each from
-connect to the server's close after the 503. Also times the same request (GET /v1/models) on an admitted keep-alive connection.
+connect to the server's close after the 503. Also times the same request (GET /v1/models) on an
+admitted keep-alive connection.
 
     .venv/bin/python benchmarks/max_connections.py [--limit 4] [--refusals 200]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import FerryServer  # noqa: E402
+from conftest import FerryServer
 
 
 def hold(url: str, stop: threading.Event) -> None:

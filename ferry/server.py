@@ -159,7 +159,7 @@ def serve(settings: Settings) -> int:
     try:
         app = create_app(settings)  # resolves (downloads) hub models named with --model
     except ValueError as e:  # a bad model name, alias or models config: one line, no traceback
-        print(f"ferry serve: error: {e}", file=sys.stderr)
+        print(f"ferry serve: error: {e}", file=sys.stderr)  # noqa: T201 -- the CLI's own line
         return 2
     return run(app, settings)
 

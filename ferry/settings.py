@@ -13,6 +13,7 @@ import os
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CTX_PER_SLOT = 2048  # KV cells per sequence when --ctx-size is 0
@@ -25,10 +26,10 @@ def _split(v: object) -> object:
     return v
 
 
-def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, str]:
+def _meta(metavar: str | None = None, default: str | None = None) -> JsonDict:
     """``json_schema_extra`` of a field: the name of its value in ``--help`` and, for defaults
     that are not a plain value (a factory, a sentinel), the text shown as the default."""
-    out = {}
+    out: JsonDict = {}
     if metavar:
         out["metavar"] = metavar
     if default:
@@ -36,7 +37,13 @@ def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, s
     return out
 
 
-class ServerOptions(BaseModel):
+class FlagGroup(BaseModel):
+    """A group of flags in ``--help``: ``group`` is its title, the docstring its description."""
+
+    group: ClassVar[str]
+
+
+class ServerOptions(FlagGroup):
     """Where Ferry listens and what it logs."""
 
     group: ClassVar[str] = "server"
@@ -58,7 +65,7 @@ class ServerOptions(BaseModel):
                                     "take to finish after SIGTERM")
 
 
-class ModelOptions(BaseModel):
+class ModelOptions(FlagGroup):
     """Which models are served and how they load."""
 
     group: ClassVar[str] = "models"
@@ -92,9 +99,12 @@ class ModelOptions(BaseModel):
                                        "per embedding model")
     embedding_threads: int = Field(1, ge=1, description="CPU threads per embedding forward")
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
+    model_load_timeout: float = Field(600.0, gt=0, description="seconds a request may wait for "
+                                      "its model to load (or for room to load it) before it "
+                                      "gets 503")
 
 
-class EngineOptions(BaseModel):
+class EngineOptions(FlagGroup):
     """How the chat engine batches and decodes."""
 
     group: ClassVar[str] = "engine"
@@ -119,7 +129,7 @@ class EngineOptions(BaseModel):
                                     json_schema_extra=_meta("PATH", "none"))
 
 
-class HardwareOptions(BaseModel):
+class HardwareOptions(FlagGroup):
     """Where weights and KV cache live (GPU offload, KV-cache types, loading); the chat, draft
     and embedding models all take these."""
 
@@ -144,7 +154,7 @@ class HardwareOptions(BaseModel):
     mlock: bool = Field(False, description="lock the model in RAM (never swapped out)")
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(FlagGroup):
     """Server-sent event streams and the resumable stream store."""
 
     group: ClassVar[str] = "streams"
@@ -170,7 +180,7 @@ class StreamOptions(BaseModel):
                                 "conversation) is kept after its last change")
 
 
-class LimitOptions(BaseModel):
+class LimitOptions(FlagGroup):
     """What one request may ask for and how long it may wait."""
 
     group: ClassVar[str] = "limits"
@@ -191,7 +201,7 @@ class LimitOptions(BaseModel):
                                  "connection's request gets an immediate 503 (0 = no limit)")
 
 
-class SecurityOptions(BaseModel):
+class SecurityOptions(FlagGroup):
     """Who may call the API and what the server fetches on a client's behalf."""
 
     group: ClassVar[str] = "security"
@@ -207,7 +217,7 @@ class SecurityOptions(BaseModel):
                                    "URIs only")
 
 
-class RayOptions(BaseModel):
+class RayOptions(FlagGroup):
     """Scale-out on Ray Serve (ferry.deploy): Ferry's front door in front of engine replicas."""
 
     group: ClassVar[str] = "ray"
@@ -239,8 +249,9 @@ class RayOptions(BaseModel):
                                   "process, deploying nothing")
 
 
-GROUPS: tuple[type[BaseModel], ...] = (ServerOptions, ModelOptions, EngineOptions, HardwareOptions,
-                                       StreamOptions, LimitOptions, SecurityOptions, RayOptions)
+GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions,
+                                       HardwareOptions, StreamOptions, LimitOptions,
+                                       SecurityOptions, RayOptions)
 
 
 class Settings(BaseSettings, RayOptions, SecurityOptions, LimitOptions, StreamOptions,

@@ -93,10 +93,11 @@ class HubStandIn:
 
             def _file(self, repo: str, name: str, body: bool) -> None:
                 if self._hidden(repo):
-                    return None
+                    return
                 local = hub.repos[repo].get(name)
                 if local is None:
-                    return self._error(404, "EntryNotFound", "Entry not found")
+                    self._error(404, "EntryNotFound", "Entry not found")
+                    return
                 size = local.stat().st_size
                 start = 0
                 if m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", "")):

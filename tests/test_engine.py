@@ -9,10 +9,12 @@ import asyncio
 import llama_cpp as ll
 import pytest
 
+from ferry.app import engine_config
 from ferry.engine.chat_template import ChatTemplate
-from ferry.engine.engine import Engine, EngineConfig
+from ferry.engine.engine import Engine
 from ferry.engine.model import Model, bundled_model_path
 from ferry.engine.sequence import Output, SamplingParams
+from ferry.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,8 @@ def test_refused_trims_after_rejected_drafts_recompute_and_keep_greedy_output(sm
     prompt = smol.tokenize(tpl.render([{"role": "user", "content": question}]))
 
     async def run() -> None:
-        engine = Engine(smol, EngineConfig(n_ctx=4096, n_slots=2, n_threads=1,
-                                           speculative="ngram", draft_max=6))
+        engine = Engine(smol, engine_config(Settings(ctx_size=4096, parallel=2, threads=1,
+                                                     speculative="ngram", draft_max=6)))
         lost = refuse_partial_removal(engine)
         engine.start(asyncio.get_running_loop())
         try:

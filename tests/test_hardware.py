@@ -35,7 +35,7 @@ def load(state: AppState, kind: str):
     """Load the configured model of ``kind`` the way the server does (registry, engine thread)."""
     reg = state.models
     reg._loop = asyncio.new_event_loop()
-    spec = next(s.spec for s in reg.slots.values() if s.spec.kind == kind)
+    spec = next(s.spec for s in reg.entries.values() if s.spec.kind == kind)
     return reg._load_sync(spec)
 
 

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -175,7 +176,7 @@ class EngineReplica:
     async def status(self, *, route: RouteHint | None = None) -> dict:
         """This replica's engine status (``/health`` of a single server, per model)."""
         reg = self.state.models
-        models = {mid: cm.engine.status() for mid, cm in reg.chat.items()}
+        models = {mid: dataclasses.asdict(cm.engine.status()) for mid, cm in reg.chat.items()}
         return {"id": self.id, "pid": os.getpid(), "ready": reg.ready, "models": models,
                 "streams": self.state.sessions.live}
 

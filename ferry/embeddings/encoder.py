@@ -31,7 +31,7 @@ _backend_ready = False
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 -- llama.cpp's backend is process-wide: init once
     with _backend_lock:
         if not _backend_ready:
             ll.llama_backend_init()

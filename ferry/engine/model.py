@@ -42,7 +42,7 @@ def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 -- llama.cpp's backend is process-wide: init once
     with _backend_lock:
         if not _backend_ready:
             ll.llama_log_set(_llama_log, ctypes.c_void_p(0))

@@ -43,7 +43,7 @@ class RunnerConfig:
     n_ctx: int
     n_slots: int
     n_threads: int
-    n_batch: int = 512
+    n_batch: int
     placement: Placement = field(default_factory=Placement)  # flash attention, KV-cache types
 
 

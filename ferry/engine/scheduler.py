@@ -74,11 +74,10 @@ class StepPlan:
 class Stats:
     prefix_hits: int = 0
     prefix_cached_tokens: int = 0
-    steps: int = 0
 
 
 class Scheduler:
-    def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
+    def __init__(self, n_slots: int, max_batch_tokens: int, prefill_chunk: int,
                  queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30,
                  min_share: int = 16, kv_keep: Callable[[int, int], int] | None = None) -> None:
         self.min_share = min_share
@@ -151,7 +150,6 @@ class Scheduler:
             chunk_cap -= n
             if chunk_cap <= 0:
                 break
-        self.stats.steps += 1
         return plan
 
     def _take_share(self, seq: Sequence, plan: StepPlan) -> bool:

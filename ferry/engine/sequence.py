@@ -18,7 +18,10 @@ import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferry.engine.speculative import Drafter
 
 _ids = itertools.count()
 
@@ -150,11 +153,7 @@ class Sequence:
         # (running sequence, n): copy its first n KV cells once it has computed them (scheduler)
         self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
-        self.drafter: Any = None  # NGramDrafter when this sequence speculates
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt)
+        self.drafter: Drafter | None = None  # set when this sequence speculates
 
     @property
     def in_prefill(self) -> bool:

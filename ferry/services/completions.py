@@ -185,7 +185,7 @@ def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | N
 
 async def chat_response(job: ChatJob, gen: Generation) -> dict:
     n = job.req.n
-    texts = [[] for _ in range(n)]
+    texts: list[list[str]] = [[] for _ in range(n)]
     lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     async for idx, out in gen.outputs():
