@@ -26,6 +26,7 @@ from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
 from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
+from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
@@ -34,6 +35,7 @@ from ferry.engine.engine import EngineConfig
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
+from ferry.response_store import make_response_store
 from ferry.services.generation import Generation
 from ferry.services.models import ModelRegistry, ModelSpec, load_models_config, model_id_for
 from ferry.services.resumable import StreamSessions, encoded
@@ -63,6 +65,8 @@ class AppState:
             embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
+        self.responses = make_response_store(settings.response_store or settings.stream_store,
+                                             ttl=settings.response_ttl)
         self.sessions = StreamSessions(
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
@@ -145,6 +149,7 @@ class AppState:
 
     async def close(self) -> None:
         await self.sessions.close()
+        await self.responses.close()
         await asyncio.to_thread(self.models.close)
 
 
@@ -168,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(models_router)
     app.include_router(router)
+    app.include_router(responses_router)
     app.include_router(messages_router)
     app.include_router(embeddings_router)
     app.include_router(metrics_router)

@@ -120,6 +120,11 @@ class StreamOptions(BaseModel):
                                      json_schema_extra=_meta("BYTES"))
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    response_store: str | None = Field(None, description="where stored Responses API responses "
+                                       "live: memory or redis://host:port/db",
+                                       json_schema_extra=_meta("URL", "the --stream-store"))
+    response_ttl: float = Field(86400.0, gt=0, description="seconds a stored response (and its "
+                                "conversation) is kept after its last change")
 
 
 class LimitOptions(BaseModel):

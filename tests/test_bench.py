@@ -156,12 +156,42 @@ def _tiny_app() -> Starlette:
 
         return EventSourceResponse(events())
 
+    async def other_apis(request: Request) -> Response:
+        """The Responses API's and Anthropic Messages' event streams, at the same pace."""
+        body = await request.json()
+        responses = request.url.path.endswith("/responses")
+        cap = body["max_output_tokens"] if responses else body["max_tokens"]
+        n = cap if body.get("ignore_eos") else min(EOS_AFTER, cap)
+
+        def ev(kind: str, **fields: Any) -> dict[str, str]:
+            return {"event": kind, "data": json.dumps({"type": kind, **fields})}
+
+        async def events() -> AsyncIterator[dict[str, str]]:
+            stats.requests += 1
+            yield ev("response.created" if responses else "message_start")
+            for i in range(n):
+                await asyncio.sleep(TOKEN_DELAY_S)
+                if responses:
+                    yield ev("response.output_text.delta", delta=f"t{i} ")
+                else:
+                    yield ev("content_block_delta", delta={"type": "text_delta", "text": f"t{i}"})
+            if responses:
+                yield ev("response.incomplete", response={"usage": {"output_tokens": n}})
+            else:
+                yield ev("message_delta", delta={"stop_reason": "max_tokens"},
+                         usage={"output_tokens": n})
+                yield ev("message_stop")
+
+        return EventSourceResponse(events())
+
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
 
     app = Starlette(routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/responses", other_apis, methods=["POST"]),
+        Route("/v1/messages", other_apis, methods=["POST"]),
         Route("/v1/models", models),
     ])  # fmt: skip
     app.state.stats = stats
@@ -213,6 +243,29 @@ def test_completions_without_usage_counts_content_chunks(tiny_server, capsys) ->
         "--concurrency", "1", "--requests", "2", "--max-tokens", "4",
     )  # fmt: skip
     assert code == 0 and r["output_tokens"] == 8 and r["errors"] == 0
+
+
+def test_each_endpoint_is_measured_through_its_own_api(tiny_server, capsys) -> None:
+    url, stats = tiny_server
+    code, results = _run_json(
+        capsys, "--url", url, "--endpoint", "chat,responses,messages", "--concurrency", "1",
+        "--requests", "2", "--max-tokens", "4", "--warmup", "0",
+    )  # fmt: skip
+    assert code == 0 and stats.requests == 6
+    assert [r["target"] for r in results] == [f"{url} {e}" for e in ("chat", "responses",
+                                                                     "messages")]
+    for r in results:
+        assert (r["errors"], r["output_tokens"], r["short"]) == (0, 8, 0), r
+        assert r["ttft_p50_s"] >= TOKEN_DELAY_S * 0.8
+
+
+def test_endpoint_names_are_checked(capsys) -> None:
+    from ferry.bench.cli import build_parser
+
+    for bad in ("", "chat,chat", "chat,graphql"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--url", "http://x", "--endpoint", bad])
+        assert "--endpoint" in capsys.readouterr().err
 
 
 def test_concurrency_bounds_requests_in_flight(tiny_server, capsys) -> None:

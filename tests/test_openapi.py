@@ -87,6 +87,11 @@ def _operations() -> list[tuple[str, str]]:
 
 def _cap_generation(case) -> None:
     body = case.body
+    if isinstance(body, dict) and case.operation.path == "/v1/responses":
+        v = body.get("max_output_tokens")
+        if v is None or (type(v) is int and 16 < v < 100_000):
+            body["max_output_tokens"] = 16  # the Responses API's minimum
+        return
     if not isinstance(body, dict) or case.operation.path not in ("/v1/chat/completions",
                                                                  "/v1/completions",
                                                                  "/v1/messages"):

@@ -21,7 +21,8 @@ from ferry.errors import FerryError, InvalidRequest, ServiceUnavailable
 router = APIRouter()
 
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/tokenize", "/v1/tokenize",
-                        "/detokenize", "/v1/detokenize", "/v1/messages",
+                        "/detokenize", "/v1/detokenize", "/v1/responses",
+                        "/v1/responses/input_tokens", "/v1/messages",
                         "/v1/messages/count_tokens"})
 Kind = Literal["chat", "embedding", "transcription"]
 State = Literal["loaded", "loading", "unloading", "unloaded"]

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from ferry.api.errors import is_anthropic
-from ferry.protocol import anthropic
+from ferry.protocol import anthropic, responses
 
 # one server-sent event: `data:` is a JSON chunk (or `[DONE]`); resumable streams add `id:`
 SSE = {"text/event-stream": {"schema": {
@@ -138,10 +138,17 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/audio/translations"): AUDIO,
     ("post", "/v1/messages"): {**_json(anthropic.AnthropicMessage), **SSE},
     ("post", "/v1/messages/count_tokens"): _json(anthropic.AnthropicTokenCount),
+    ("post", "/v1/responses"): {**_json(responses.ResponseObject), **SSE},
+    ("get", "/v1/responses/{response_id}"): {**_json(responses.ResponseObject), **SSE},
+    ("delete", "/v1/responses/{response_id}"): _json(responses.DeletedResponse),
+    ("post", "/v1/responses/{response_id}/cancel"): _json(responses.ResponseObject),
+    ("get", "/v1/responses/{response_id}/input_items"): _json(responses.ResponseItemList),
+    ("post", "/v1/responses/input_tokens"): _json(responses.InputTokenCount),
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
           StreamLookupResponse, anthropic.AnthropicMessage, anthropic.AnthropicTokenCount,
-          anthropic.AnthropicErrorResponse)
+          anthropic.AnthropicErrorResponse, responses.ResponseObject, responses.DeletedResponse,
+          responses.ResponseItemList, responses.InputTokenCount)
 
 
 def build(app: FastAPI) -> dict:

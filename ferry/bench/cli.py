@@ -2,6 +2,7 @@
 
     ferry bench --url http://127.0.0.1:8000 --concurrency 1,8 --json
     ferry bench --vs ferry --vs llama-server --concurrency 1,8,32
+    ferry bench --vs ferry --endpoint chat,responses,messages --concurrency 8 --rounds 3
 
 Exit status: 0 when every measured request succeeded, 1 when some failed, 2 when the run could
 not be made (bad arguments, a peer that would not start), 130 on Ctrl-C.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import signal
@@ -20,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ferry.bench.client import RequestSpec
+from ferry.bench.client import ENDPOINTS, RequestSpec
 from ferry.bench.peers import (
     PEER_NAMES,
     PeerError,
@@ -69,6 +71,15 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _endpoints(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [n for n in names if n not in ENDPOINTS]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct names among {', '.join(ENDPOINTS)}, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferry bench", description=__doc__.split("\n")[0])
     add = p.add_argument
@@ -95,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default=DEFAULT_PROMPT)
     prompt.add_argument("--prompt-tokens", type=int, help="synthetic prompt of about N tokens")
-    add("--endpoint", choices=["chat", "completions"], default="chat")
+    add("--endpoint", type=_endpoints, default=["chat"], metavar="chat,responses,...",
+        help=f"API(s) the requests go through: {', '.join(ENDPOINTS)}; with several, every "
+             "target is measured through each (the first is the ratios' baseline)")
     add("--model", default="", help="model name (default: first id from /v1/models)")
     add("--api-key")
     add(
@@ -125,6 +138,9 @@ def synthetic_prompt(n_tokens: int) -> str:
 
 def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
     targets: list[Target] = args.targets or []
+    if len(args.endpoint) > 1:  # each server through each API, the first API as baseline
+        targets = [dataclasses.replace(t, name=f"{t.name} {e}", endpoint=e)
+                   for e in args.endpoint for t in targets]
     settings = None
     if any(t.peer for t in targets):
         settings = ServerSettings(
@@ -138,7 +154,7 @@ def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
             ),
         )  # fmt: skip
     spec = RequestSpec(
-        endpoint=args.endpoint,
+        endpoint=args.endpoint[0],
         model=args.model,
         prompt=synthetic_prompt(args.prompt_tokens) if args.prompt_tokens else args.prompt,
         max_tokens=args.max_tokens,
@@ -160,7 +176,8 @@ def _describe(config: BenchConfig) -> dict[str, Any]:
         "concurrency": config.concurrencies,
         "requests": {c: config.requests_for(c) for c in config.concurrencies},
         "rounds": config.rounds,
-        "endpoint": spec.endpoint, "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos,
+        "endpoint": ",".join(dict.fromkeys(t.endpoint or spec.endpoint for t in config.targets)),
+        "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos,
         "prompt_chars": len(spec.prompt), "temperature": 0,
         "gguf": str(config.settings.gguf) if config.settings else None,
         "threads": config.settings.threads if config.settings else None,

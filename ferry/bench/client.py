@@ -5,8 +5,11 @@ Invariants:
 - A request counts as successful only if the server answered 200 with an event stream that ended
   with ``[DONE]`` and carried no error object; anything else becomes ``RequestResult.error`` and is
   never raised, so one bad request cannot end a run.
-- A "content chunk" is a chunk whose first choice carries non-empty text (``delta.content`` for
-  chat, ``text`` for completions); TTFT and inter-token gaps are measured on those only.
+- A "content chunk" is an event carrying non-empty text: the first choice's ``delta.content``
+  (chat) or ``text`` (completions), a ``response.output_text.delta`` (Responses API), a
+  ``content_block_delta`` with a ``text_delta`` (Anthropic Messages); TTFT and inter-token gaps
+  are measured on those only. A stream ends with ``[DONE]`` (chat, completions),
+  ``response.completed``/``response.incomplete`` (Responses) or ``message_stop`` (Messages).
 - Exactly ``n_requests`` requests are sent per level with at most ``concurrency`` in flight; a new
   one starts as soon as one finishes (closed loop), so the server sees a steady ``concurrency``.
 """
@@ -25,8 +28,10 @@ from httpx_sse import SSEError, aconnect_sse
 
 from ferry.bench.stats import RequestResult
 
-Endpoint = Literal["chat", "completions"]
-PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+Endpoint = Literal["chat", "completions", "responses", "messages"]
+PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
+                         "responses": "/v1/responses", "messages": "/v1/messages"}
+ENDPOINTS: tuple[str, ...] = tuple(PATHS)
 
 
 @dataclass(frozen=True)
@@ -43,23 +48,27 @@ class RequestSpec:
     extra_body: dict[str, Any] | None = None  # merged into every request (e.g. response_format)
 
     def payload(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": self.max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": self.prompt}]
+        body: dict[str, Any] = {"model": self.model, "temperature": 0, "stream": True}
+        if self.endpoint == "responses":
+            body |= {"input": self.prompt, "max_output_tokens": self.max_tokens}
+        elif self.endpoint == "messages":
+            body |= {"messages": [{"role": "user", "content": self.prompt}],
+                     "max_tokens": self.max_tokens}
         else:
-            body["prompt"] = self.prompt
+            body |= {"max_tokens": self.max_tokens, "stream_options": {"include_usage": True}}
+            if self.endpoint == "chat":
+                body["messages"] = [{"role": "user", "content": self.prompt}]
+            else:
+                body["prompt"] = self.prompt
         if self.ignore_eos:
             body["ignore_eos"] = True  # llama-server / Ferry extension: always emit max_tokens
         body.update(self.extra_body or {})
         return body
 
     def headers(self) -> dict[str, str]:
+        if self.endpoint == "messages":
+            return {"anthropic-version": "2023-06-01",
+                    **({"x-api-key": self.api_key} if self.api_key else {})}
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
 
@@ -69,16 +78,72 @@ def api_root(base_url: str) -> str:
     return root.removesuffix("/v1")
 
 
-def _chunk_text(chunk: dict[str, Any], endpoint: Endpoint) -> tuple[str, str | None]:
+@dataclass
+class Step:
+    """What one server-sent event means to the timer."""
+
+    text: str = ""
+    finish: str | None = None
+    usage_tokens: int | None = None  # output tokens, when the event reports usage
+    done: bool = False  # the stream's proper end
+    error: str | None = None
+
+
+def _openai_step(data: str, endpoint: Endpoint) -> Step:
+    if data == "[DONE]":
+        return Step(done=True)
+    chunk = json.loads(data)
+    if "error" in chunk:
+        return Step(error=f"stream error: {json.dumps(chunk['error'])[:200]}")
+    usage = (chunk.get("usage") or {}).get("completion_tokens")
     choices = chunk.get("choices") or []
     if not choices:
-        return "", None
+        return Step(usage_tokens=usage)
     choice = choices[0]
     if endpoint == "chat":
         text = (choice.get("delta") or {}).get("content") or ""
     else:
         text = choice.get("text") or ""
-    return text, choice.get("finish_reason")
+    return Step(text, choice.get("finish_reason"), usage)
+
+
+def _responses_step(data: str) -> Step:
+    ev = json.loads(data)
+    kind = ev.get("type")
+    if kind == "response.output_text.delta":
+        return Step(text=ev.get("delta") or "")
+    if kind in ("response.completed", "response.incomplete"):
+        usage = (ev["response"].get("usage") or {}).get("output_tokens")
+        finish = "stop" if kind == "response.completed" else "length"
+        return Step(finish=finish, usage_tokens=usage, done=True)
+    if kind in ("error", "response.failed"):
+        return Step(error=f"stream error: {data[:200]}")
+    return Step()
+
+
+def _messages_step(data: str) -> Step:
+    ev = json.loads(data)
+    kind = ev.get("type")
+    if kind == "content_block_delta":
+        delta = ev.get("delta") or {}
+        return Step(text=delta.get("text") or "" if delta.get("type") == "text_delta" else "")
+    if kind == "message_delta":
+        stop = (ev.get("delta") or {}).get("stop_reason")
+        finish = {"max_tokens": "length", "end_turn": "stop"}.get(stop, stop)
+        return Step(finish=finish, usage_tokens=(ev.get("usage") or {}).get("output_tokens"))
+    if kind == "message_stop":
+        return Step(done=True)
+    if kind == "error":
+        return Step(error=f"stream error: {data[:200]}")
+    return Step()
+
+
+def parse_event(data: str, endpoint: Endpoint) -> Step:
+    if endpoint == "responses":
+        return _responses_step(data)
+    if endpoint == "messages":
+        return _messages_step(data)
+    return _openai_step(data, endpoint)
 
 
 async def _consume_stream(
@@ -96,18 +161,18 @@ async def _consume_stream(
             result.error = f"HTTP {source.response.status_code}: {body[:200]}"
             return
         async for event in source.aiter_sse():
-            if event.data == "[DONE]":
+            step = parse_event(event.data, spec.endpoint)
+            if step.error is not None:
+                result.error = step.error
+                return
+            if step.usage_tokens is not None:
+                usage_tokens = step.usage_tokens
+            result.finish_reason = step.finish or result.finish_reason
+            if step.done:
                 result.e2e_s = time.perf_counter() - start
                 result.output_tokens = usage_tokens if usage_tokens is not None else chunks
                 return
-            chunk = json.loads(event.data)
-            if "error" in chunk:
-                result.error = f"stream error: {json.dumps(chunk['error'])[:200]}"
-                return
-            if chunk.get("usage"):
-                usage_tokens = chunk["usage"].get("completion_tokens")
-            text, finish = _chunk_text(chunk, spec.endpoint)
-            result.finish_reason = finish or result.finish_reason
+            text = step.text
             if not text:
                 continue
             now = time.perf_counter()
@@ -117,7 +182,8 @@ async def _consume_stream(
                 result.gaps_s.append(now - last)
             last = now
             chunks += 1
-    result.error = "stream ended without [DONE]"
+    final = {"responses": "response.completed", "messages": "message_stop"}.get(spec.endpoint)
+    result.error = f"stream ended without {final or '[DONE]'}"
 
 
 async def stream_request(

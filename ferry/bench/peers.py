@@ -204,6 +204,7 @@ class Target:
     name: str
     url: str | None = None  # set for --url targets
     peer: str | None = None  # set for --vs targets
+    endpoint: str | None = None  # the API to measure it through (None: the run's --endpoint)
 
     @contextlib.asynccontextmanager
     async def serving(

@@ -68,6 +68,8 @@ async def _measure(
     progress.show(label + " (starting)", 0, total)
     async with target.serving(concurrency, config.settings, config.log_dir) as url:
         spec = config.spec
+        if target.endpoint is not None:
+            spec = dataclasses.replace(spec, endpoint=target.endpoint)
         if not spec.model:
             spec = dataclasses.replace(spec, model=await discover_model(url, spec.api_key))
         if config.warmup:
