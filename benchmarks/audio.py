@@ -26,8 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ferry.api.audio import make_router
-from ferry.audio.registry import TranscriberRegistry
+from ferry.audio.transcriber import Transcriber
 from ferry.errors import FerryError
+from ferry.settings import Settings
 
 SENTENCES = (
     "Please send the weather report to the office before noon on Friday.",
@@ -56,10 +57,15 @@ def make_speech(target_seconds: float, workdir: Path) -> tuple[bytes, float]:
 
 
 def start_server(slots: int) -> tuple[uvicorn.Server, threading.Thread, str]:
-    registry = TranscriberRegistry.bundled(max_concurrency=slots)
-    registry.warm()
+    transcriber = Transcriber.bundled(max_concurrency=slots)
+
+    async def get_transcriber(_model: str) -> Transcriber:
+        return transcriber
+
     app = FastAPI()
-    app.include_router(make_router(registry, max_audio_bytes=25 * 1024 * 1024))
+    s = Settings()
+    app.include_router(make_router(get_transcriber, max_audio_bytes=s.max_audio_bytes,
+                                   ping_interval=s.sse_ping_interval, send_timeout=s.send_timeout))
 
     @app.exception_handler(FerryError)
     async def ferry_error(_: Request, exc: FerryError) -> JSONResponse:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ferry.engine.engine import Engine, EngineConfig
+from ferry.app import engine_config
+from ferry.engine.engine import Engine
 from ferry.engine.model import Model, bundled_model_path
 from ferry.engine.sequence import SamplingParams
 from ferry.metrics import Metrics
+from ferry.settings import Settings
 
 N = 200_000
 
@@ -51,7 +53,7 @@ async def generation(engine: Engine, n_seqs: int, tokens: int) -> None:
 
 async def per_step(observed: bool) -> tuple[float, float]:
     model = Model(bundled_model_path())
-    engine = Engine(model, EngineConfig(n_ctx=4096, n_slots=8, n_threads=2))
+    engine = Engine(model, engine_config(Settings(ctx_size=4096, parallel=8, threads=2)))
     if observed:
         engine.observer = Metrics(dict, lambda: 0).observer("m")
     engine.start(asyncio.get_running_loop())

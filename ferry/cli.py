@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferry.settings import Settings
 
 USAGE = """usage: ferry {serve,bench} [options]
 
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _parse(settings_cls, args: list[str]):
+def _parse(settings_cls: type[Settings], args: list[str]) -> Settings:
     import argparse
 
     from pydantic import ValidationError
@@ -38,10 +42,10 @@ def _parse(settings_cls, args: list[str]):
 
     from ferry.flags import add_argument
 
-    source = CliSettingsSource(settings_cls, cli_prog_name="ferry serve", cli_parse_args=args,
-                               cli_kebab_case=True, cli_implicit_flags=True,
-                               add_argument_method=add_argument,
-                               formatter_class=argparse.HelpFormatter)
+    source: CliSettingsSource[Any] = CliSettingsSource(
+        settings_cls, cli_prog_name="ferry serve", cli_parse_args=args, cli_kebab_case=True,
+        cli_implicit_flags=True, add_argument_method=add_argument,
+        formatter_class=argparse.HelpFormatter)
     try:
         return settings_cls(_cli_settings_source=source(args=args))
     except ValidationError as e:  # a bad flag or env var: say which, no traceback

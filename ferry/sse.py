@@ -77,6 +77,10 @@ async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_inter
 
     await _send({"type": "http.response.start", "status": status,
                  "headers": SSE_HEADERS + (headers or [])})
+    # An empty body pushes the headers through middleware that holds them until the first body
+    # (Starlette's GZipMiddleware before it exempted text/event-stream), so a queued request's
+    # client sees its 200 at once; uvicorn writes nothing for it.
+    await _send({"type": "http.response.body", "body": b"", "more_body": True})
     disconnected = asyncio.Event()
 
     async def _watch() -> None:
@@ -111,7 +115,7 @@ async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_inter
                 await _send({"type": "http.response.body", "body": PING, "more_body": True})
         if completed:
             await _send({"type": "http.response.body", "body": b"", "more_body": False})
-    except (OSError, asyncio.TimeoutError, RuntimeError) as e:  # the client is gone
+    except (TimeoutError, OSError, RuntimeError) as e:  # the client is gone
         log.info("stream ended early: %s", type(e).__name__)
     finally:
         watcher.cancel()

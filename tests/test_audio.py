@@ -17,9 +17,10 @@ import httpx
 import openai
 import pytest
 
-from ferry.audio.registry import TranscriberRegistry
-from ferry.audio.transcriber import Transcriber
+from ferry.app import BUNDLED_TRANSCRIBER, TRANSCRIPTION_ALIASES
+from ferry.audio.transcriber import Transcriber, bundled_model_dir
 from ferry.errors import InvalidRequest
+from ferry.services.models import ModelRegistry, ModelSpec
 
 SPOKEN = (
     "Please send the weather report to the office before noon on Friday. "
@@ -58,13 +59,6 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             check=True,
         )
     return {ext: (root / f"speech.{ext}").read_bytes() for ext in CONTAINERS}
-
-
-@pytest.fixture(scope="session")
-def registry() -> TranscriberRegistry:
-    registry = TranscriberRegistry.bundled(max_concurrency=1)
-    registry.warm()
-    return registry
 
 
 @pytest.fixture(scope="session")
@@ -306,9 +300,10 @@ def test_unknown_model_is_404(base_url: str, speech: dict[str, bytes]) -> None:
 def test_translation_with_english_only_model_is_400(
     client: openai.OpenAI, speech: dict[str, bytes]
 ) -> None:
-    with pytest.raises(openai.BadRequestError, match="cannot translate"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # newer clients deprecate translations
-        client.audio.translations.create(model="whisper-1", file=("a.wav", speech["wav"]))
+        with pytest.raises(openai.BadRequestError, match="cannot translate"):
+            client.audio.translations.create(model="whisper-1", file=("a.wav", speech["wav"]))
 
 
 # --- the Transcriber itself (its own instance: an asyncio.Semaphore belongs to one loop) -----
@@ -363,9 +358,103 @@ def test_stream_closed_early_frees_its_slot(
     assert fraction_heard(asyncio.run(run())) >= 0.8
 
 
-def test_bundled_model_is_english_only_and_shared_by_aliases(
-    registry: TranscriberRegistry,
+def test_bundled_model_is_english_only_and_shared_by_aliases() -> None:
+    """Transcription is the registry's third kind: loaded on first use, one instance per model
+    however many names it has."""
+    spec = ModelSpec(BUNDLED_TRANSCRIBER, str(bundled_model_dir()), "transcription")
+
+    async def run() -> None:
+        registry = ModelRegistry([spec], engine_config=None, aliases=TRANSCRIPTION_ALIASES)  # type: ignore[arg-type]
+        assert registry.entries[BUNDLED_TRANSCRIBER].loaded is None
+        one = await registry.transcriber("whisper-1")
+        assert one is await registry.transcriber("whisper-tiny.en")
+        assert one.multilingual is False
+        assert sorted(n for n, _ in registry.names()) == ["whisper-1", "whisper-tiny.en"]
+        registry.close()
+
+    asyncio.run(run())
+
+
+# --- streaming transport: ferry.sse pings and send timeout ----------------------------------
+
+
+def multipart(audio: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a stream=true transcription upload, as a client sends them."""
+    req = httpx.Request("POST", "http://test/v1/audio/transcriptions",
+                        files={"file": ("a.wav", audio)}, data={"model": "whisper-1",
+                                                               "stream": "true"})
+    return [(k.lower(), v) for k, v in req.headers.raw], req.read()
+
+
+async def call_audio_app(transcriber: Transcriber, audio: bytes, send, *, ping: float,
+                         send_timeout: float) -> None:
+    """The audio routes (ferry.api.audio) as ASGI, driven with ``send`` as the client side."""
+    from fastapi import FastAPI
+
+    from ferry.api.audio import make_router
+
+    async def get_transcriber(_model: str) -> Transcriber:
+        return transcriber
+
+    app = FastAPI()
+    app.include_router(make_router(get_transcriber, MAX_AUDIO_BYTES, ping_interval=ping,
+                                   send_timeout=send_timeout))
+    headers, body = multipart(audio)
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never.wait()  # the client never hangs up on its own
+        return {"type": "http.disconnect"}
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/audio/transcriptions",
+             "raw_path": b"/v1/audio/transcriptions", "query_string": b"", "root_path": "",
+             "headers": headers, "server": ("test", 80), "client": ("127.0.0.1", 1)}
+    await app(scope, receive, send)
+
+
+def test_audio_stream_sends_pings_through_the_sse_encoder(
+    transcriber: Transcriber, speech: dict[str, bytes]
 ) -> None:
-    assert registry("whisper-1") is registry("whisper-tiny.en")
-    assert registry("whisper-1").multilingual is False
-    assert registry.names() == ["whisper-1", "whisper-tiny.en"]
+    bodies: list[bytes] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            assert dict(message["headers"])[b"content-type"].startswith(b"text/event-stream")
+        elif message.get("body"):
+            bodies.append(message["body"])
+
+    asyncio.run(call_audio_app(transcriber, speech["wav"], send, ping=0.01, send_timeout=30))
+    assert b": ping\n\n" in bodies  # whisper takes far longer than 10 ms per segment
+    events = [b for b in bodies if b.startswith(b"data: ")]
+    assert b'"type":"transcript.text.done"' in events[-1]
+    assert all(b.endswith(b"\n\n") for b in bodies)
+
+
+def test_audio_stream_to_a_stalled_reader_ends_at_the_send_timeout_and_frees_the_model(
+    transcriber: Transcriber, speech: dict[str, bytes]
+) -> None:
+    """The reader takes the headers, then stops reading: each send blocks forever."""
+    stalled = asyncio.Event()
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            stalled.set()
+            await asyncio.Event().wait()
+
+    async def run() -> str:
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(call_audio_app(transcriber, speech["wav"], send, ping=0.05,
+                                              send_timeout=1.0), timeout=60)
+        ended = asyncio.get_running_loop().time() - t0
+        assert stalled.is_set() and ended < 60
+        # max_concurrency=1: the next transcription runs only if the stalled one let go
+        done = await asyncio.wait_for(transcriber.transcribe(speech["ogg"]), timeout=120)
+        return done.text
+
+    assert fraction_heard(asyncio.run(run())) >= 0.8

@@ -51,7 +51,7 @@ def test_percentile_interpolates_linearly_between_ranks() -> None:
     assert percentile([1.0, 10.0], 99) == pytest.approx(9.91)
     assert percentile([7.0], 99) == 7.0
     assert percentile([], 50) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="percentile must be in"):
         percentile([1.0], 101)
 
 
@@ -373,7 +373,7 @@ def test_llama_server_peer_is_started_measured_and_stopped(capsys) -> None:
 @needs_llama_server
 async def test_llama_server_is_stopped_when_the_run_raises(tmp_path: Path) -> None:
     settings = ServerSettings(default_gguf(), 2, 512, 60.0, LLAMA_SERVER)
-    with pytest.raises(RuntimeError, match="mid-run"):
+    with pytest.raises(RuntimeError, match="mid-run"):  # noqa: PT012 -- raised inside the block
         async with managed_server("llama-server", settings, 1, tmp_path) as url:
             assert _port_open(url)
             raise RuntimeError("mid-run")

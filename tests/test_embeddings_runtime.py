@@ -154,7 +154,7 @@ def test_concurrent_calls_from_threads_agree(model: EmbeddingModel, vectors: np.
     def work() -> None:
         try:
             results.append(model.embed(SENTENCES)[0])
-        except BaseException as e:  # noqa: BLE001 - surfaced by the assert below
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

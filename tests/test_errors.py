@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from conftest import FerryServer
 from openai_spec import validate
 
@@ -34,7 +33,7 @@ def test_non_object_body_is_400(http):
     check(http.post("/v1/chat/completions", json=[1, 2]), 400)
 
 
-@pytest.mark.parametrize("body,param", [
+@pytest.mark.parametrize(("body", "param"), [
     ({"messages": MSG, "temperature": -0.1}, "temperature"),
     ({"messages": MSG, "temperature": 2.5}, "temperature"),
     ({"messages": MSG, "top_p": 0}, "top_p"),
@@ -62,7 +61,7 @@ def test_bad_chat_values_are_400_naming_the_parameter(http, body, param):
     check(http.post("/v1/chat/completions", json=body), 400, param)
 
 
-@pytest.mark.parametrize("body,param", [
+@pytest.mark.parametrize(("body", "param"), [
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": []}, "prompt"),
     ({"prompt": "x", "logprobs": 50}, "logprobs"),

@@ -29,7 +29,7 @@ def entries(text: str) -> dict[str, str]:
     """Each flag's help entry (flag line plus wrapped help), whitespace collapsed."""
     body = text.split("\noptions:", 1)[1]
     out: dict[str, str] = {}
-    for m in re.finditer(r"^  (--[a-z-]+)(.*?)(?=^  -|^\S|\Z)", body, re.M | re.S):
+    for m in re.finditer(r"^  (--[a-z-]+)(.*?)(?=^  -|^\S|\Z)", body, re.MULTILINE | re.DOTALL):
         out[m.group(1)] = " ".join((m.group(1) + m.group(2)).split())
     return out
 
@@ -48,14 +48,15 @@ def test_every_flag_shows_a_metavar_and_its_default(help_text):
         if f.metavar is None:  # an on/off switch: both spellings, no value
             assert entry.startswith(f"{f.flag}, --no-{f.flag[2:]} "), entry
         else:
-            assert re.fullmatch(r"[A-Z]+|\{[a-z,]+\}", f.metavar), f.metavar
+            assert re.fullmatch(r"[A-Z]+|\{[a-z0-9_,-]+\}", f.metavar), f.metavar
             assert entry.startswith(f"{f.flag} {f.metavar} "), entry
         assert entry.endswith(f"(default: {f.default})"), entry
 
 
 def test_help_groups_flags_like_llama_server(help_text):
-    titles = re.findall(r"^([a-z]+):$", help_text, re.M)
-    assert titles == ["options", "server", "models", "engine", "streams", "limits", "security"]
+    titles = re.findall(r"^([a-z]+):$", help_text, re.MULTILINE)
+    assert titles == ["options", "server", "models", "engine", "hardware", "streams", "limits",
+                      "security", "ray"]
     assert {g.group for g in GROUPS} == {f.group for f in flags()}
     section = help_text.split("\nengine:\n", 1)[1].split("\nstreams:\n", 1)[0]
     assert "--parallel N" in section and "--batch-size N" in section

@@ -20,7 +20,7 @@ def test_most_recent_occurrence_wins_and_draft_is_capped():
 
 
 def test_no_repeat_no_draft():
-    d = NGramDrafter()
+    d = NGramDrafter(max_draft=8)
     d.extend([1, 2, 3, 4])
     assert d.propose() == []
 

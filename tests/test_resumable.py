@@ -26,9 +26,8 @@ def rserver(request):
 
 def start(server: FerryServer, conv: str, body: dict = BODY, headers: dict | None = None,
           ) -> httpx.Response:
-    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60,
-                   headers={"X-Conversation-Id": conv, **(headers or {})})
-    return r
+    return httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"X-Conversation-Id": conv, **(headers or {})})
 
 
 def session_bytes(server: FerryServer, conv: str, offset: int | None = 0, headers=None) -> bytes:

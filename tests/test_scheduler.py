@@ -19,7 +19,7 @@ def fake_run(sched: Scheduler, plan, next_token: int = 7) -> None:
 
 
 def test_every_running_sequence_advances_in_one_step():
-    s = Scheduler(n_slots=4)
+    s = Scheduler(n_slots=4, max_batch_tokens=512, prefill_chunk=64)
     seqs = [seq([1, 2, 3]) for _ in range(4)]
     for q in seqs:
         s.add(q)
@@ -32,7 +32,7 @@ def test_every_running_sequence_advances_in_one_step():
 
 
 def test_no_more_sequences_run_than_slots():
-    s = Scheduler(n_slots=2)
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
     for _ in range(5):
         s.add(seq([1, 2]))
     s.schedule()
@@ -65,7 +65,7 @@ def test_alone_a_long_prompt_uses_the_whole_batch():
 
 
 def test_cancelled_sequence_leaves_at_next_step_and_frees_its_slot():
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     a, b = seq([1, 2]), seq([3, 4])
     s.add(a)
     s.add(b)
@@ -77,7 +77,7 @@ def test_cancelled_sequence_leaves_at_next_step_and_frees_its_slot():
 
 
 def test_prompt_extending_a_cached_prefix_skips_it():
-    s = Scheduler(n_slots=2)
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
     a = seq([5, 6, 7, 8])
     s.add(a)
     fake_run(s, s.schedule())  # prompt computed, token 7 sampled
@@ -92,7 +92,7 @@ def test_prompt_extending_a_cached_prefix_skips_it():
 
 
 def test_identical_prompt_recomputes_at_least_its_last_token():
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     a = seq([1, 2, 3])
     s.add(a)
     fake_run(s, s.schedule())
@@ -104,7 +104,7 @@ def test_identical_prompt_recomputes_at_least_its_last_token():
 
 
 def test_waiting_past_queue_timeout_expires():
-    s = Scheduler(n_slots=1, queue_timeout=5)
+    s = Scheduler(n_slots=1, queue_timeout=5, max_batch_tokens=512, prefill_chunk=64)
     a, b = seq([1]), seq([2])
     s.add(a)
     s.schedule(now=0)
@@ -120,7 +120,7 @@ def test_prompt_last_chunk_carries_a_draft_of_the_first_tokens():
     q = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=3)
     q.drafter = NGramDrafter(max_draft=4)
     q.drafter.extend(q.prompt)
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     s.add(q)
     (w,) = s.schedule().work
     assert w.tokens == [*q.prompt, 8, 9] and w.draft == [8, 9] and w.n_logits == 3
@@ -132,19 +132,19 @@ def test_draft_is_capped_by_tokens_left_and_batch_budget():
     q = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=2)  # one token may follow the first: 1 draft
     q.drafter = NGramDrafter(max_draft=4)
     q.drafter.extend(q.prompt)
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     s.add(q)
     assert s.schedule().work[0].draft == [8]
     tight = seq([5, 6, 7, 8, 9, 5, 6, 7], max_tokens=9)
     tight.drafter = NGramDrafter(max_draft=4)
     tight.drafter.extend(tight.prompt)
-    s = Scheduler(n_slots=1, max_batch_tokens=9)  # 8 prompt tokens leave room for 1 draft
+    s = Scheduler(n_slots=1, max_batch_tokens=9, prefill_chunk=64)  # 8 prompt tokens leave room for 1 draft
     s.add(tight)
     assert s.schedule().work[0].draft == [8]
 
 
 def test_concurrent_prompts_with_a_shared_prefix_compute_it_once():
-    s = Scheduler(n_slots=3, min_share=4)
+    s = Scheduler(n_slots=3, min_share=4, max_batch_tokens=512, prefill_chunk=64)
     system = list(range(100, 140))
     a, b, c = seq(system + [1, 2]), seq(system + [3, 4]), seq([9] * 42)
     for q in (a, b, c):
@@ -161,7 +161,7 @@ def test_concurrent_prompts_with_a_shared_prefix_compute_it_once():
 
 
 def test_a_source_that_leaves_first_means_a_normal_prefill():
-    s = Scheduler(n_slots=2, min_share=4)
+    s = Scheduler(n_slots=2, min_share=4, max_batch_tokens=512, prefill_chunk=64)
     a, b = seq(list(range(30)) + [1]), seq(list(range(30)) + [2])
     s.add(a)
     s.add(b)
@@ -173,8 +173,52 @@ def test_a_source_that_leaves_first_means_a_normal_prefill():
 
 
 def test_short_shared_prefixes_are_just_prefilled():
-    s = Scheduler(n_slots=2, min_share=16)
+    s = Scheduler(n_slots=2, min_share=16, max_batch_tokens=512, prefill_chunk=64)
     a, b = seq(list(range(10)) + [1]), seq(list(range(10)) + [2])
     s.add(a)
     s.add(b)
     assert len(s.schedule().work) == 2 and b.share_from is None
+
+
+def test_a_refused_partial_removal_prefills_the_prompt_from_zero():
+    # e.g. sliding-window cells overwritten
+    s = Scheduler(n_slots=1, kv_keep=lambda slot, n: 0, max_batch_tokens=512, prefill_chunk=64)
+    a = seq([5, 6, 7, 8])
+    s.add(a)
+    fake_run(s, s.schedule())
+    s.finish(a, "stop")
+    b = seq([5, 6, 7, 8, 7, 9, 10])
+    s.add(b)
+    plan = s.schedule()
+    assert plan.trims == [(b.slot, 0)] and b.num_cached == 0
+    assert plan.work[0].pos == 0 and plan.work[0].tokens == b.prompt and plan.work[0].logits
+    assert s.stats.prefix_hits == 0
+
+
+def test_a_refused_share_means_a_normal_prefill():
+    s = Scheduler(n_slots=2, min_share=4, kv_keep=lambda slot, n: 0, max_batch_tokens=512,
+                  prefill_chunk=64)
+    system = list(range(100, 140))
+    a, b = seq(system + [1, 2]), seq(system + [3, 4])
+    s.add(a)
+    s.add(b)
+    fake_run(s, s.schedule())  # b waits for a's prefix
+    plan = s.schedule()
+    (wb,) = [w for w in plan.work if w.seq is b]
+    assert not plan.copies and wb.pos == 0 and wb.tokens == b.prompt and b.num_cached == 0
+
+
+def test_kv_lost_while_generating_recomputes_every_token_then_decodes_on():
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
+    a = seq([1, 2, 3], max_tokens=10)
+    s.add(a)
+    fake_run(s, s.schedule(), next_token=7)  # prompt; 7 sampled
+    fake_run(s, s.schedule(), next_token=8)  # 7 computed; 8 sampled
+    assert a.all_tokens == [1, 2, 3, 7, 8] and a.num_computed == 4
+    s.kv_lost(a, 0)  # e.g. a trim after rejected drafts that the memory refused
+    plan = s.schedule()
+    (w,) = plan.work
+    assert w.pos == 0 and w.tokens == [1, 2, 3, 7, 8] and w.logits  # logits: the next token
+    fake_run(s, plan, next_token=9)
+    (w,) = s.schedule().work
+    assert w.pos == 5 and w.tokens == [9] and w.logits and not a.in_prefill

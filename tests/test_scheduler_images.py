@@ -39,7 +39,7 @@ def test_an_image_larger_than_the_prefill_chunk_still_progresses_beside_decoding
 
 
 def test_prefix_reuse_stops_at_the_first_image():
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     a = image_seq([1, 2, 3, 0, 0, 4], start=3, n=2)
     s.add(a)
     fake_run(s, s.schedule())
@@ -52,7 +52,7 @@ def test_prefix_reuse_stops_at_the_first_image():
 
 
 def test_a_text_prompt_never_reuses_placeholder_positions_of_an_image_prompt():
-    s = Scheduler(n_slots=1)
+    s = Scheduler(n_slots=1, max_batch_tokens=512, prefill_chunk=64)
     a = image_seq([1, 0, 0, 2], start=1, n=2)
     s.add(a)
     fake_run(s, s.schedule())

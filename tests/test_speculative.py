@@ -212,4 +212,4 @@ def test_draft_model_with_another_vocabulary_is_refused():
     target = Model(bundled_model_path())
     other = Model(cached_gguf(bundled_model_dir()))  # MiniLM: a BERT vocabulary
     with pytest.raises(DraftModelMismatch, match="vocabulary"):
-        DraftModel(other, target, RunnerConfig(512, 1, 1))
+        DraftModel(other, target, RunnerConfig(512, 1, 1, 512))

@@ -249,7 +249,7 @@ def test_append_checks_the_event_id_it_is_given() -> None:
     async def scenario() -> None:
         session = await make_store("memory", buffer_bytes=100, ttl=1).open("c", None)
         await session.append(b"data: a\n\n", "0")
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="is not next_event_id"):
             await session.append(b"data: b\n\n", "0")
         assert session.next_event_id() == "9"
 

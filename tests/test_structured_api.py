@@ -159,7 +159,7 @@ def test_multi_turn_with_tool_results_in_the_history(client):
     assert r.choices[0].message.content
 
 
-@pytest.mark.parametrize("body,param", [
+@pytest.mark.parametrize(("body", "param"), [
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "string", "pattern": "a(?=b)"}}}}, "response_format"),
     ({"response_format": {"type": "xml"}}, "response_format"),

@@ -207,6 +207,40 @@ def test_queued_stream_gets_pings_and_the_openai_client_still_parses_it():
         srv.stop()
 
 
+def test_queued_completion_stream_gets_its_headers_before_its_first_token_with_gzip():
+    """A client that accepts gzip (httpx and the openai client do) still gets a queued
+    stream's 200 at once: no middleware holds the headers until the first token."""
+    srv = FerryServer("--parallel", "1")
+    try:
+        blocker = connect(srv.url)
+        blocker.sendall(request_bytes("POST", "/v1/completions",
+                                      {"prompt": "x", "max_tokens": 1500, "ignore_eos": True}))
+        deadline = time.monotonic() + 30
+        while running(srv) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s = connect(srv.url, timeout=20)  # far less than the blocker's 1500 tokens take
+        s.sendall(request_bytes("POST", "/v1/completions",
+                                {"prompt": "Hi", "max_tokens": 4, "stream": True},
+                                headers={"Accept-Encoding": "gzip"}))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(65536)
+            assert chunk, head
+            head += chunk
+        status_line, _, rest = head.partition(b"\r\n")
+        fields, _, body = rest.partition(b"\r\n\r\n")
+        assert b" 200 " in status_line
+        assert b"content-type: text/event-stream" in fields.lower()
+        assert b"content-encoding" not in fields.lower()
+        assert b"data:" not in body
+        h = httpx.get(srv.url + "/health").json()["models"]
+        assert sum(m["waiting"] for m in h.values()) == 1, "the stream was still queued"
+        s.close()
+        blocker.close()
+    finally:
+        srv.stop()
+
+
 def test_fifth_request_over_parallel_2_queue_2_gets_429_and_admitted_complete():
     srv = FerryServer("--parallel", "2", "--max-queue", "2")
     try:

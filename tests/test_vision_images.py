@@ -41,7 +41,7 @@ def test_detail_is_accepted_and_ignored():
     assert im.data == PNG
 
 
-@pytest.mark.parametrize("url,words", [
+@pytest.mark.parametrize(("url", "words"), [
     ("data:image/png;base64,%%%notbase64", "base64"),
     ("data:image/png,plain-not-base64", "data:image/png;base64"),
     (uri(b"hello, not an image"), "PNG, JPEG"),

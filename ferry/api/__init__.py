@@ -1,1 +1,1 @@
-"""The HTTP layer: schemas, thin routes, the error handler."""
+"""The HTTP layer: thin routes, their dependencies (deps.py), middleware, the error handler."""

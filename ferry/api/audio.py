@@ -10,9 +10,8 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -20,7 +19,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive
 
 from ferry.audio.formats import (
@@ -32,6 +30,8 @@ from ferry.audio.formats import (
 )
 from ferry.audio.transcriber import Segment, Transcriber
 from ferry.errors import InvalidRequest, PayloadTooLarge
+from ferry.services.resumable import encoded
+from ferry.sse import Event, EventStreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,11 @@ class AudioRequest:
         return cls(model, fmt, temp, language or None, prompt or None, streaming, grains)
 
 
-def make_router(get_transcriber: Callable[[str], Transcriber], max_audio_bytes: int) -> APIRouter:
-    """The audio routes. ``get_transcriber(model)`` raises ModelNotFound for unknown models."""
+def make_router(get_transcriber: Callable[[str], Awaitable[Transcriber]], max_audio_bytes: int,
+                *, ping_interval: float, send_timeout: float) -> APIRouter:
+    """The audio routes. ``await get_transcriber(model)`` loads the model on first use and raises
+    ModelNotFound for unknown models. Streams go through ``ferry.sse`` with ``ping_interval`` and
+    ``send_timeout`` (``--sse-ping-interval``, ``--send-timeout``)."""
     router = APIRouter(route_class=_limited_route(max_audio_bytes + FORM_OVERHEAD_BYTES))
 
     @router.post("/v1/audio/transcriptions")
@@ -111,7 +114,7 @@ def make_router(get_transcriber: Callable[[str], Transcriber], max_audio_bytes: 
         req = AudioRequest.parse(
             model, response_format, temperature, language, prompt, stream, grains
         )
-        transcriber = get_transcriber(req.model)
+        transcriber = await get_transcriber(req.model)
         data = await _read_upload(file, max_audio_bytes)
         opts: dict[str, Any] = {
             "language": req.language,
@@ -119,7 +122,8 @@ def make_router(get_transcriber: Callable[[str], Transcriber], max_audio_bytes: 
             "temperature": req.temperature,
         }
         if req.stream:
-            return _sse_response(await transcriber.stream(data, **opts))
+            return EventStreamResponse(encoded(_events(await transcriber.stream(data, **opts))),
+                                       ping_interval=ping_interval, send_timeout=send_timeout)
         transcript = await transcriber.transcribe(
             data, word_timestamps="word" in req.granularities, **opts
         )
@@ -136,7 +140,7 @@ def make_router(get_transcriber: Callable[[str], Transcriber], max_audio_bytes: 
         temperature: Annotated[str | None, Form()] = None,
     ) -> Response:
         req = AudioRequest.parse(model, response_format, temperature, prompt=prompt)
-        transcriber = get_transcriber(req.model)
+        transcriber = await get_transcriber(req.model)
         data = await _read_upload(file, max_audio_bytes)
         transcript = await transcriber.transcribe(
             data, prompt=req.prompt, temperature=req.temperature, task="translate"
@@ -162,20 +166,15 @@ async def _read_upload(file: UploadFile | str | None, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _sse_response(segments: AsyncGenerator[Segment, None]) -> StreamingResponse:
-    # TODO: use ferry.sse encoder
-    async def events() -> AsyncIterator[bytes]:
-        text = ""
-        async with aclosing(segments):  # a client that hangs up stops the model promptly
-            async for segment in segments:
-                delta = segment.text if text else segment.text.lstrip()
-                text += delta
-                yield f"data: {json.dumps(delta_event(delta))}\n\n".encode()
-        yield f"data: {json.dumps(done_event(text.strip()))}\n\n".encode()
-
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-    )
+async def _events(segments: AsyncGenerator[Segment, None]) -> AsyncIterator[Event]:
+    """``transcript.text.delta`` per segment, then ``transcript.text.done`` (OpenAI's stream)."""
+    text = ""
+    async with aclosing(segments):  # a client that hangs up stops the model promptly
+        async for segment in segments:
+            delta = segment.text if text else segment.text.lstrip()
+            text += delta
+            yield Event(delta_event(delta))
+    yield Event(done_event(text.strip()))
 
 
 def _parse_temperature(value: str | None) -> float:
@@ -184,7 +183,8 @@ def _parse_temperature(value: str | None) -> float:
     try:
         temperature = float(value)
     except ValueError:
-        raise InvalidRequest(f"temperature must be a number; got {value!r}", param="temperature")
+        raise InvalidRequest(f"temperature must be a number; got {value!r}",
+                             param="temperature") from None
     if not 0.0 <= temperature <= 1.0:  # also rejects nan
         raise InvalidRequest("temperature must be between 0 and 1", param="temperature")
     return temperature

@@ -19,6 +19,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from ferry.api.deps import app_state
 from ferry.errors import InvalidRequest, Unsupported
 from ferry.protocol.openai import EmbeddingRequest, EmbeddingResponse
 
@@ -47,10 +48,10 @@ def inputs_of(value: str | list) -> list[str] | list[list[int]]:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, request: Request):
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
     from ferry.embeddings import encode_base64, truncate_dimensions
 
-    state = request.app.state.ferry
+    state = app_state(request)
     inputs = inputs_of(body.input)
     t0 = time.monotonic()
     async with state.models.acquire(body.model, "embedding") as rt:
@@ -59,7 +60,7 @@ async def create_embeddings(body: EmbeddingRequest, request: Request):
         if body.dimensions is not None and body.dimensions != em.dim and not em.supports_dimensions:
             raise Unsupported(f"model {rt.id!r} does not support `dimensions` (its vectors have "
                               f"{em.dim} dimensions)", param="dimensions")
-        async with rt.slots:
+        async with rt.forwards:
             vectors, n_tokens = await asyncio.to_thread(em.embed, inputs)
     if body.dimensions is not None and body.dimensions != em.dim:
         vectors = truncate_dimensions(vectors, body.dimensions)

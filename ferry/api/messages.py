@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from ferry.api.deps import Lease, app_state
 from ferry.api.routes import until_disconnect
 from ferry.protocol.anthropic import ANTHROPIC_VERSION, CountTokensRequest, MessagesRequest
 from ferry.services import messages as svc
@@ -15,11 +16,11 @@ VERSION_DOC = f"accepted and not checked; answers follow {ANTHROPIC_VERSION}"
 
 
 @router.post("/v1/messages", response_model=None)
-async def create_message(body: MessagesRequest, request: Request,
+async def create_message(body: MessagesRequest, request: Request, leases: Lease,
                          anthropic_version: str | None = Header(None, description=VERSION_DOC)
                          ) -> Response:
-    state = request.app.state.ferry
-    job = await svc.prepare_message(body, state.models.get_chat(body.model), state.images)
+    state = app_state(request)
+    job = await svc.prepare_message(body, await leases.chat(body.model), state.images)
     gen = job.start()
     if body.stream:
         return await state.stream_response(request, svc.message_stream(job, gen), gen)
@@ -27,9 +28,8 @@ async def create_message(body: MessagesRequest, request: Request,
 
 
 @router.post("/v1/messages/count_tokens", response_model=None)
-async def count_tokens(body: CountTokensRequest, request: Request,
+async def count_tokens(body: CountTokensRequest, request: Request, leases: Lease,
                        anthropic_version: str | None = Header(None, description=VERSION_DOC)
                        ) -> JSONResponse:
-    state = request.app.state.ferry
-    n = await svc.count_tokens(body, state.models.get_chat(body.model), state.images)
+    n = await svc.count_tokens(body, await leases.chat(body.model), app_state(request).images)
     return JSONResponse({"input_tokens": n})

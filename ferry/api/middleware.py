@@ -92,7 +92,9 @@ class FerryMiddleware:
                 await _send_error(send_wrapped, e, path, rid)
         finally:
             elapsed = time.perf_counter() - t0
-            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0], elapsed * 1000)
+            log.info("%s %s %s %d %.1fms", rid, scope["method"], path, status[0], elapsed * 1000,
+                     extra={"request_id": rid, "method": scope["method"], "path": path,
+                            "status": status[0], "duration_ms": round(elapsed * 1000, 1)})
             if self.on_response is not None:
                 self.on_response(scope, status[0], elapsed)
 

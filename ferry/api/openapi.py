@@ -2,9 +2,10 @@
 
 ``install(app)`` replaces ``app.openapi`` with a generator that (1) drops FastAPI's 422 responses
 (Ferry answers validation errors with 400 and the OpenAI error envelope), (2) gives every
-operation a ``default`` response with that envelope (Anthropic's on ``/v1/messages``), and (3) fills in the 200 responses of routes
-that return plain dicts or streams (chat/completions, tokenizer, resumable streams, audio) from
-the response models below. It also serves the same document as ``GET /openapi.yaml``.
+operation a ``default`` response with that envelope (Anthropic's on ``/v1/messages``), and (3)
+fills in the 200 responses of routes that return plain dicts or streams (chat/completions,
+tokenizer, resumable streams, audio) from the response models below. It also serves the same
+document as ``GET /openapi.yaml``.
 
 Invariant: a schema here describes what the route really sends. Objects stay open
 (``additionalProperties`` allowed) so new fields never contradict the document; fields that are
@@ -114,6 +115,16 @@ class StreamLookupResponse(BaseModel):
     data: list[StreamInfo]
 
 
+class LlamaStreamInfo(BaseModel):
+    """One entry of ``?format=llama-server``'s bare array (integer seconds, 0 = running)."""
+
+    conversation_id: str
+    is_done: bool
+    total_bytes: int
+    started_at: int
+    completed_at: int
+
+
 def _json(model: type[BaseModel]) -> dict:
     return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
 
@@ -133,7 +144,9 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/detokenize"): _json(DetokenizeResponse),
     ("get", "/v1/stream/{conv_id}"): SSE,
     ("get", "/v1/stream"): SSE,
-    ("post", "/v1/streams/lookup"): _json(StreamLookupResponse),
+    ("post", "/v1/streams/lookup"): {"application/json": {"schema": {"anyOf": [
+        {"$ref": "#/components/schemas/StreamLookupResponse"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/LlamaStreamInfo"}}]}}},
     ("post", "/v1/audio/transcriptions"): {**AUDIO, **SSE},
     ("post", "/v1/audio/translations"): AUDIO,
     ("post", "/v1/messages"): {**_json(anthropic.AnthropicMessage), **SSE},
@@ -146,9 +159,10 @@ OK: dict[tuple[str, str], dict] = {
     ("post", "/v1/responses/input_tokens"): _json(responses.InputTokenCount),
 }
 MODELS = (ErrorResponse, ChatCompletion, Completion, TokenizeResponse, DetokenizeResponse,
-          StreamLookupResponse, anthropic.AnthropicMessage, anthropic.AnthropicTokenCount,
-          anthropic.AnthropicErrorResponse, responses.ResponseObject, responses.DeletedResponse,
-          responses.ResponseItemList, responses.InputTokenCount)
+          StreamLookupResponse, LlamaStreamInfo, anthropic.AnthropicMessage,
+          anthropic.AnthropicTokenCount, anthropic.AnthropicErrorResponse,
+          responses.ResponseObject, responses.DeletedResponse, responses.ResponseItemList,
+          responses.InputTokenCount)
 
 
 def build(app: FastAPI) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 
+from ferry.api.deps import Lease, app_state
 from ferry.api.routes import until_disconnect
 from ferry.errors import InvalidRequest
 from ferry.protocol.responses import INCLUDABLE, CreateResponseRequest, InputTokensRequest
@@ -22,9 +24,10 @@ def _owner(request: Request) -> str | None:
 
 
 @router.post("/v1/responses")
-async def create_response(body: CreateResponseRequest, request: Request):
-    state = request.app.state.ferry
-    run = await svc.prepare(body, state.models.get_chat(body.model), state.images,
+async def create_response(body: CreateResponseRequest, request: Request, leases: Lease
+                          ) -> Response:
+    state = app_state(request)
+    run = await svc.prepare(body, await leases.chat(body.model), state.images,
                             state.responses, _owner(request))
     gen = run.job.start()
     if body.background:
@@ -37,50 +40,56 @@ async def create_response(body: CreateResponseRequest, request: Request):
     return JSONResponse(await until_disconnect(request, svc.result(run, gen), gen))
 
 
-async def _replay(request: Request, response_id: str, starting_after: int | None):
-    state = request.app.state.ferry
+async def _replay(request: Request, response_id: str, starting_after: int | None
+                  ) -> EventStreamResponse:
+    state = app_state(request)
     body = await stored.replay(state.responses, state.sessions.store, _owner(request),
                                response_id, starting_after)
     return EventStreamResponse(body, ping_interval=0, send_timeout=state.settings.send_timeout)
 
 
 @router.post("/v1/responses/input_tokens")
-async def count_input_tokens(body: InputTokensRequest, request: Request):
-    state = request.app.state.ferry
-    n = await svc.input_tokens(body, state.models.get_chat(body.model), state.images,
+async def count_input_tokens(body: InputTokensRequest, request: Request, leases: Lease
+                             ) -> JSONResponse:
+    state = app_state(request)
+    n = await svc.input_tokens(body, await leases.chat(body.model), state.images,
                                state.responses, _owner(request))
-    return {"object": "response.input_tokens", "input_tokens": n}
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": n})
 
 
 @router.get("/v1/responses/{response_id}")
 async def retrieve_response(request: Request, response_id: str, stream: bool = False,
                             starting_after: Annotated[int | None, Query(ge=0)] = None,
-                            include: Annotated[list[INCLUDABLE] | None, Query()] = None):
+                            include: Annotated[list[INCLUDABLE] | None, Query()] = None
+                            ) -> Response:
     if stream:
         return await _replay(request, response_id, starting_after)
     if starting_after is not None:
         raise InvalidRequest("starting_after needs stream=true", param="starting_after")
-    return (await request.app.state.ferry.responses.get(_owner(request), response_id)).response
+    record = await app_state(request).responses.get(_owner(request), response_id)
+    return JSONResponse(jsonable_encoder(record.response))
 
 
 @router.delete("/v1/responses/{response_id}")
-async def delete_response(request: Request, response_id: str):
-    state = request.app.state.ferry
+async def delete_response(request: Request, response_id: str) -> JSONResponse:
+    state = app_state(request)
     await stored.delete(state.responses, state.sessions.store, _owner(request), response_id)
-    return {"id": response_id, "object": "response.deleted", "deleted": True}
+    return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 @router.post("/v1/responses/{response_id}/cancel")
-async def cancel_response(request: Request, response_id: str):
-    state = request.app.state.ferry
-    return await stored.cancel(state.responses, state.sessions.store, _owner(request),
-                               response_id)
+async def cancel_response(request: Request, response_id: str) -> JSONResponse:
+    state = app_state(request)
+    return JSONResponse(jsonable_encoder(
+        await stored.cancel(state.responses, state.sessions.store, _owner(request), response_id)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
 async def list_input_items(request: Request, response_id: str,
                            limit: Annotated[int, Query(ge=1, le=100)] = 20,
                            order: Literal["asc", "desc"] = "desc", after: str | None = None,
-                           include: Annotated[list[INCLUDABLE] | None, Query()] = None):
-    record = await request.app.state.ferry.responses.get(_owner(request), response_id)
-    return stored.page(record, limit=limit, order=order, after=after)
+                           include: Annotated[list[INCLUDABLE] | None, Query()] = None
+                           ) -> JSONResponse:
+    record = await app_state(request).responses.get(_owner(request), response_id)
+    return JSONResponse(jsonable_encoder(stored.page(record, limit=limit, order=order,
+                                                     after=after)))

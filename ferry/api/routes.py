@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from ferry.api.deps import Lease, app_state
 from ferry.errors import InvalidRequest
 from ferry.protocol.openai import (
     ChatCompletionRequest,
@@ -19,12 +20,11 @@ from ferry.protocol.openai import (
 from ferry.services import completions as svc
 from ferry.services.generation import Generation
 
+if TYPE_CHECKING:
+    from ferry.app import AppState
+
 T = TypeVar("T")
 router = APIRouter()
-
-
-def _state(request: Request):
-    return request.app.state.ferry
 
 
 async def until_disconnect(request: Request, work: Awaitable[T], gen: Generation) -> T:
@@ -47,16 +47,17 @@ async def until_disconnect(request: Request, work: Awaitable[T], gen: Generation
         watcher.cancel()
 
 
-def _check_n(state, n: int) -> None:
+def _check_n(state: AppState, n: int) -> None:
     if n > state.settings.max_n:
         raise InvalidRequest(f"n must be at most {state.settings.max_n}", param="n")
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request):
-    state = _state(request)
+async def chat_completions(body: ChatCompletionRequest, request: Request, leases: Lease
+                           ) -> Response:
+    state = app_state(request)
     _check_n(state, body.n)
-    job = await svc.prepare_chat_async(body, state.models.get_chat(body.model), state.images)
+    job = await svc.prepare_chat_async(body, await leases.chat(body.model), state.images)
     gen = job.start()
     if body.stream:
         return await state.stream_response(request, svc.chat_stream(job, gen), gen)
@@ -64,10 +65,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
 
 @router.post("/v1/completions")
-async def completions(body: CompletionRequest, request: Request):
-    state = _state(request)
+async def completions(body: CompletionRequest, request: Request, leases: Lease) -> Response:
+    state = app_state(request)
     _check_n(state, body.n)
-    job = svc.prepare_completion(body, state.models.get_chat(body.model))
+    job = svc.prepare_completion(body, await leases.chat(body.model))
     gen = job.start()
     if body.stream:
         return await state.stream_response(request, svc.completion_stream(job, gen), gen)
@@ -76,15 +77,15 @@ async def completions(body: CompletionRequest, request: Request):
 
 @router.post("/tokenize")
 @router.post("/v1/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request):
-    m = _state(request).models.get_chat(body.model)
+async def tokenize(body: TokenizeRequest, leases: Lease) -> JSONResponse:
+    m = await leases.chat(body.model)
     tokens = m.model.tokenize(body.content, add_special=body.add_special, parse_special=True)
-    return {"tokens": tokens, "count": len(tokens), "max_model_len": m.engine.n_ctx_seq}
+    return JSONResponse({"tokens": tokens, "count": len(tokens),
+                         "max_model_len": m.engine.n_ctx_seq})
 
 
 @router.post("/detokenize")
 @router.post("/v1/detokenize")
-async def detokenize(body: DetokenizeRequest, request: Request):
-    m = _state(request).models.get_chat(body.model)
-    return {"content": m.model.detokenize(body.tokens)}
-
+async def detokenize(body: DetokenizeRequest, leases: Lease) -> JSONResponse:
+    m = await leases.chat(body.model)
+    return JSONResponse({"content": m.model.detokenize(body.tokens)})

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ferry.api.deps import app_state
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id
 
 router = APIRouter()
+LookupFormat = Literal["ferry", "llama-server"]
 
 
 class LookupRequest(BaseModel):
@@ -20,8 +24,9 @@ def _owner(request: Request) -> str | None:
     return request.scope.get("state", {}).get("api_key")
 
 
-async def _replay(request: Request, conv_id: str, offset: int | None, last_event_id: str | None):
-    state = request.app.state.ferry
+async def _replay(request: Request, conv_id: str, offset: int | None,
+                  last_event_id: str | None) -> EventStreamResponse:
+    state = app_state(request)
     body = await state.sessions.store.replay(
         conv_id, _owner(request), offset=offset or 0,
         last_event_id=last_event_id if offset is None else None)
@@ -36,24 +41,34 @@ async def _replay(request: Request, conv_id: str, offset: int | None, last_event
 @router.get("/v1/stream")
 async def replay_stream(request: Request, conv_id: str,
                         from_: int | None = Query(None, alias="from", ge=0),
-                        last_event_id: str | None = Header(None)):
+                        last_event_id: str | None = Header(None)) -> EventStreamResponse:
     check_conv_id(conv_id, param="conv_id")
     return await _replay(request, conv_id, from_, last_event_id)
 
 
 @router.delete("/v1/stream/{conv_id}", status_code=204)
 @router.delete("/v1/stream", status_code=204)
-async def delete_stream(request: Request, conv_id: str):
+async def delete_stream(request: Request, conv_id: str) -> Response:
     check_conv_id(conv_id, param="conv_id")
-    await request.app.state.ferry.sessions.store.delete(conv_id, _owner(request))
+    await app_state(request).sessions.store.delete(conv_id, _owner(request))
     return Response(status_code=204)
 
 
 @router.post("/v1/streams/lookup")
-async def lookup_streams(body: LookupRequest, request: Request):
+async def lookup_streams(body: LookupRequest, request: Request,
+                         format: Annotated[LookupFormat | None, Query()] = None) -> JSONResponse:
+    """Ferry's shape ``{"object": "list", "data": [...]}`` (times in float seconds,
+    ``completed_at`` null while running), or llama-server's (a bare array, integer seconds,
+    ``completed_at`` 0 while running) with ``?format=llama-server`` or
+    ``--streams-lookup-format llama-server``."""
     ids = [check_conv_id(c, param="conversation_ids") for c in body.conversation_ids]
-    infos = await request.app.state.ferry.sessions.store.lookup(ids, _owner(request))
-    return {"object": "list", "data": [
+    state = app_state(request)
+    infos = await state.sessions.store.lookup(ids, _owner(request))
+    if (format or state.settings.streams_lookup_format) == "llama-server":
+        return JSONResponse([{"conversation_id": i.conversation_id, "is_done": i.is_done,
+                              "total_bytes": i.total_bytes, "started_at": int(i.started_at),
+                              "completed_at": int(i.completed_at or 0)} for i in infos])
+    return JSONResponse({"object": "list", "data": [
         {"conversation_id": i.conversation_id, "is_done": i.is_done,
          "total_bytes": i.total_bytes, "started_at": i.started_at,
-         "completed_at": i.completed_at} for i in infos]}
+         "completed_at": i.completed_at} for i in infos]})

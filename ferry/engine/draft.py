@@ -73,7 +73,8 @@ class DraftModel:
         plan = StepPlan()
         want: dict[int, tuple[Sequence, int]] = {}  # seq id -> (seq, draft length wanted)
         for seq in seqs:
-            d: ModelDrafter = seq.drafter
+            d = seq.drafter
+            assert isinstance(d, ModelDrafter)  # the engine gives sequences of a draft model one
             d.pending = []
             room = min(d.policy.length, seq.max_tokens - len(seq.generated) - 1)
             if room <= 0 or d.policy.paused() or budget <= 0:
@@ -94,6 +95,7 @@ class DraftModel:
             for sid, row in rows.items():
                 seq, room = want[sid]
                 d = seq.drafter
+                assert isinstance(d, ModelDrafter)
                 d.pending.append(int(np.argmax(self.runner.logits(row))))
                 if len(d.pending) < room:  # decode the new draft token to draft the next one
                     plan.work.append(Work(seq, [d.pending[-1]], len(d.kv), True))
@@ -114,7 +116,7 @@ class DraftModel:
         while keep < n and d.kv[keep] == hist[keep]:
             keep += 1
         if keep < len(d.kv):
-            self.runner.trim(seq.slot, keep)
+            keep = self.runner.trim(seq.slot, keep)  # 0 if the draft's memory refused
             del d.kv[keep:]
         return keep
 

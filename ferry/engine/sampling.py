@@ -24,7 +24,10 @@ TOP_P_PREFILTER = 1024
 
 def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-    add = lambda s: ll.llama_sampler_chain_add(chain, s)
+
+    def add(s: ll.llama_sampler_p) -> None:
+        ll.llama_sampler_chain_add(chain, s)
+
     if params.logit_bias:
         arr = (ll.llama_logit_bias * len(params.logit_bias))()
         for i, (tok, bias) in enumerate(params.logit_bias.items()):

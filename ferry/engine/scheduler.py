@@ -16,6 +16,11 @@ Invariants:
   them: it waits until that sequence has computed them, then its slot gets a copy of the other's
   KV trimmed to the shared prefix (``StepPlan.copies``). Sources are always admitted earlier, so
   waits cannot form a cycle; a source that leaves first just means a normal prefill.
+- A slot's KV is reused only as far as the runner can keep it (``kv_keep``): a memory that
+  refuses a partial removal (sliding-window layers that already dropped cells the next token
+  attends to, recurrent state) keeps nothing, and the sequence prefills from 0. When a trim after
+  rejected drafts is refused, ``kv_lost`` makes the sequence recompute everything it holds as
+  prefill (``Sequence.prefill_end``) before it decodes again.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
 - Drafts (speculative tokens from ``Sequence.drafter``) ride on a decoding sequence's token or on
   the prompt's last chunk, only from the budget the step's one-token-per-sequence work leaves,
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ferry.engine.sequence import ImageSpan, Sequence, Status
@@ -68,14 +74,16 @@ class StepPlan:
 class Stats:
     prefix_hits: int = 0
     prefix_cached_tokens: int = 0
-    steps: int = 0
 
 
 class Scheduler:
-    def __init__(self, n_slots: int, max_batch_tokens: int = 512, prefill_chunk: int = 64,
+    def __init__(self, n_slots: int, max_batch_tokens: int, prefill_chunk: int,
                  queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30,
-                 min_share: int = 16) -> None:
+                 min_share: int = 16, kv_keep: Callable[[int, int], int] | None = None) -> None:
         self.min_share = min_share
+        # kv_keep(slot, n): how many of the slot's first n KV cells can be kept (n, or fewer when
+        # the memory refuses the partial removal); Runner.keepable. None: always n.
+        self.kv_keep = kv_keep
         self.n_ctx_seq = n_ctx_seq
         self.n_slots = n_slots
         self.max_batch_tokens = max_batch_tokens
@@ -133,16 +141,15 @@ class Scheduler:
                 budget -= n
             else:
                 n = min(seq.text_until(pos) - pos, chunk_cap, budget)
-                done = pos + n == len(seq.prompt)
+                done = pos + n == seq.prefill_end
                 # the prompt's last chunk may carry a draft of the first tokens (verified as usual)
                 draft = self._draft(seq, pos + n, budget - n) if done else []
-                plan.work.append(Work(seq, seq.prompt[pos:pos + n] + draft, pos, done, draft))
+                plan.work.append(Work(seq, seq.tokens_at(pos, n) + draft, pos, done, draft))
                 budget -= n + len(draft)
             first = False
             chunk_cap -= n
             if chunk_cap <= 0:
                 break
-        self.stats.steps += 1
         return plan
 
     def _take_share(self, seq: Sequence, plan: StepPlan) -> bool:
@@ -154,7 +161,7 @@ class Scheduler:
         if src.status is Status.RUNNING and src.num_computed < n:
             return False
         seq.share_from = None
-        if src.status is Status.RUNNING and n > seq.num_computed:
+        if src.status is Status.RUNNING and n > seq.num_computed and self._keep(src.slot, n) == n:
             plan.copies.append((src.slot, seq.slot, n))
             self.stats.prefix_hits += seq.num_cached == 0
             self.stats.prefix_cached_tokens += n - seq.num_cached
@@ -168,6 +175,15 @@ class Scheduler:
             return []
         room = min(seq.max_tokens - len(seq.generated) - 1, self.n_ctx_seq - pos - 1, spare)
         return seq.drafter.propose()[:max(room, 0)]
+
+    def _keep(self, slot: int, n: int) -> int:
+        return n if self.kv_keep is None or n <= 0 else self.kv_keep(slot, n)
+
+    def kv_lost(self, seq: Sequence, kept: int) -> None:
+        """The runner kept only ``kept`` of ``seq``'s KV cells (a refused partial removal, e.g.
+        after rejected drafts): recompute the rest of its tokens as prefill, then decode on."""
+        seq.num_computed = kept
+        seq.prefill_end = max(seq.prefill_end, len(seq.prompt) + len(seq.generated))
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Remove a sequence (any state) and release its slot, keeping its KV as a prefix."""
@@ -208,7 +224,7 @@ class Scheduler:
             slot, k = self._best_slot(seq.prompt)
             self.free_slots.remove(slot)
             # always compute >= 1 prompt token to get logits
-            k = min(k, len(seq.prompt) - 1, _reuse_end(seq))
+            k = self._keep(slot, min(k, len(seq.prompt) - 1, _reuse_end(seq)))
             plan.trims.append((slot, k))
             self.slot_tokens[slot] = self.slot_tokens[slot][:k]
             seq.slot = slot

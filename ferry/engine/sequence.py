@@ -1,7 +1,9 @@
 """A request's generation state: its tokens, sampling parameters, slot and status.
 
 Invariants:
-- ``num_computed`` prompt tokens are in the KV cache of ``slot``; the rest still need prefill.
+- ``num_computed`` tokens (of ``all_tokens``) are in the KV cache of ``slot``; up to
+  ``prefill_end`` they are computed as prefill (the prompt; all tokens so far after the runner lost
+  the KV of a sequence that was generating, see ``Scheduler.kv_lost``), then one token per step.
 - A sequence owns its slot from admission until it finishes; the scheduler alone moves it between
   the waiting and running queues and releases the slot.
 - ``cancelled`` may be set from any thread; the engine acts on it at the start of its next step.
@@ -16,7 +18,10 @@ import enum
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferry.engine.speculative import Drafter
 
 _ids = itertools.count()
 
@@ -112,6 +117,7 @@ class Sequence:
         "num_cached",
         "num_computed",
         "params",
+        "prefill_end",
         "prompt",
         "sampler",
         "share_from",
@@ -135,6 +141,7 @@ class Sequence:
         self.slot: int | None = None
         self.num_computed = 0
         self.num_cached = 0
+        self.prefill_end = len(prompt)  # computed as prefill up to here (see the invariants)
         self.generated: list[int] = []
         self.finish_reason: str | None = None
         self.cancelled = False
@@ -146,23 +153,26 @@ class Sequence:
         # (running sequence, n): copy its first n KV cells once it has computed them (scheduler)
         self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
-        self.drafter: Any = None  # NGramDrafter when this sequence speculates
-
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.prompt)
+        self.drafter: Drafter | None = None  # set when this sequence speculates
 
     @property
     def in_prefill(self) -> bool:
-        return self.num_computed < len(self.prompt)
+        return self.num_computed < self.prefill_end
+
+    def tokens_at(self, pos: int, n: int) -> list[int]:
+        """``all_tokens[pos:pos + n]`` without copying the whole history when inside the prompt."""
+        end = pos + n
+        if end <= len(self.prompt):
+            return self.prompt[pos:end]
+        return self.all_tokens[pos:end]
 
     def image_at(self, pos: int) -> ImageSpan | None:
         """The image that starts at prompt position ``pos``, if any."""
         return next((im for im in self.images if im.start == pos), None)
 
     def text_until(self, pos: int) -> int:
-        """Where the text run starting at ``pos`` ends: the next image's start, or the prompt's end."""
-        return next((im.start for im in self.images if im.start >= pos), len(self.prompt))
+        """Where the text run starting at ``pos`` ends: the next image's start, or ``prefill_end``."""
+        return next((im.start for im in self.images if im.start >= pos), self.prefill_end)
 
     @property
     def all_tokens(self) -> list[int]:

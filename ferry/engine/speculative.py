@@ -21,9 +21,28 @@ distribution (and, with a seed, their random stream).
 
 from __future__ import annotations
 
+from typing import Protocol
+
+
+class Drafter(Protocol):
+    """What a speculating sequence holds (``Sequence.drafter``): n-gram lookup or a draft model.
+    The scheduler asks it for a draft, the engine tells it the history and the verdicts."""
+
+    policy: DraftPolicy
+
+    def extend(self, tokens: list[int]) -> None:
+        """Tokens appended to the sequence's history (the prompt, then each emitted token)."""
+
+    def propose(self) -> list[int]:
+        """The next draft (possibly empty), at most ``policy.length`` tokens."""
+        ...
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """How many of the last ``drafted`` tokens the target model accepted."""
+
 
 class DraftPolicy:
-    def __init__(self, max_draft: int = 8, window: int = 16, token_cost: float = 0.65,
+    def __init__(self, max_draft: int, window: int = 16, token_cost: float = 0.65,
                  cooldown: int = 64, start: int = 2) -> None:
         self.max_draft = max_draft
         self.length = min(start, max_draft)

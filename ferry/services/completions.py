@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferry import __version__
+from ferry.engine.chat_prompt import RenderedChat, render_chat
 from ferry.engine.sequence import ImageSpan, SamplingParams, TokenLogprob
 from ferry.errors import ContextTooLong, InvalidRequest
 from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest, SamplingRequest
@@ -91,8 +92,9 @@ def prepare_chat(req: ChatCompletionRequest, cm: ChatModel,
     if use_tools and req.continue_final_message:
         raise InvalidRequest("a final assistant message to continue cannot be combined with "
                              "tools", param="messages")
-    text = _render(cm.require_template(), messages, req.continue_final_message)
-    prompt, spans = _tokenize_chat(cm, text, images)
+    rendered = render_chat(cm.require_template(), cm.model, messages,
+                           continue_final=req.continue_final_message)
+    prompt, spans = _tokenize_chat(cm, rendered, images)
     mt = budget(len(prompt), req.token_limit, cm.engine.n_ctx_seq)
     params = req.to_sampling_params(cm.model.n_vocab)
     params.constraint = constraint
@@ -145,25 +147,19 @@ def _structure(req: ChatCompletionRequest, cm: ChatModel, messages: list[dict[st
     return messages, constraint, use_tools
 
 
-def _tokenize_chat(cm: ChatModel, text: str, images: list[ImageInput] | None
+def _tokenize_chat(cm: ChatModel, rendered: RenderedChat, images: list[ImageInput] | None
                    ) -> tuple[list[int], tuple[ImageSpan, ...]]:
-    """The rendered chat as prompt tokens; with images, also their encoded spans."""
+    """The rendered chat as prompt tokens; with images, also their encoded spans. Client text
+    is plain text in both: only the template's markup becomes control tokens (chat_prompt)."""
     if images is None:
-        return cm.model.tokenize(text, add_special=True, parse_special=True), ()
-    prompt, spans = cm.projector.tokenize(text, images)
+        return rendered.tokenize(cm.model), ()
+    prompt, spans = cm.projector.tokenize(rendered.segments, images)
     _check_images(spans, images, cm.engine.cfg.n_batch)
     if spans and spans[-1].end >= len(prompt):  # the engine needs text after the last image
         raise InvalidRequest("the rendered prompt ends with an image", param="messages")
     return prompt, spans
 
 
-def _render(template, messages: list[dict], prefill: bool) -> str:
-    """The prompt; with ``prefill`` the final assistant message stays open and the answer
-    continues it (rendered as the conversation before it, the generation prompt, its text)."""
-    if not prefill:
-        return template.render(messages, add_generation_prompt=True)
-    *head, last = messages
-    return template.render(head, add_generation_prompt=True) + last["content"]
 
 
 def _check_images(spans: tuple[ImageSpan, ...], images: list[ImageInput], n_batch: int) -> None:
@@ -189,7 +185,7 @@ def _message(job: ChatJob, text: str, finish: str | None) -> tuple[dict, str | N
 
 async def chat_response(job: ChatJob, gen: Generation) -> dict:
     n = job.req.n
-    texts = [[] for _ in range(n)]
+    texts: list[list[str]] = [[] for _ in range(n)]
     lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
     async for idx, out in gen.outputs():

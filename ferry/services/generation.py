@@ -22,7 +22,6 @@ class Generation:
                  max_tokens: list[int], images: tuple[ImageSpan, ...] = ()) -> None:
         """``images``: embedding spans of the (single) prompt, for chats with images."""
         self.engine = engine
-        self.prompts = prompts
         self._q: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
         self.seqs: list[Sequence] = []
         self.prompt_tokens = sum(len(p) for p in prompts)
@@ -51,10 +50,6 @@ class Generation:
         for s in self.seqs:
             if not s.cancelled:
                 self.engine.cancel(s)
-
-    @property
-    def finished(self) -> bool:
-        return self._open == 0
 
     async def outputs(self) -> AsyncIterator[tuple[int, Output]]:
         try:

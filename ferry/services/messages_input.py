@@ -133,7 +133,8 @@ def _sampling(req: MessagesRequest) -> dict:
     fmt = req.output_config.format if req.output_config else None
     response_format = {"type": "json_schema", "json_schema": {
         "name": "output", "schema": fmt.json_schema, "strict": True}} if fmt else None
-    return {"response_format": response_format,"max_tokens": None, "stop": req.stop_sequences, "temperature": req.temperature,
+    return {"response_format": response_format, "max_tokens": None, "stop": req.stop_sequences,
+            "temperature": req.temperature,
             "top_p": req.top_p, "top_k": req.top_k or 0, "stream": req.stream,
             "stream_options": {"include_usage": True}, "ignore_eos": req.ignore_eos,
             "user": req.metadata.user_id if req.metadata else None}

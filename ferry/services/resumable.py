@@ -16,10 +16,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from ferry.errors import FerryError
 from ferry.services.generation import Generation
 from ferry.sse import PING, Event, encode
 from ferry.streams import Session, StreamStore
-from ferry.errors import FerryError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class StreamSessions:
         return len(self._pumps)
 
     async def start(self, conv_id: str, owner: str | None, events: AsyncIterator,
-                    gen: Generation) -> None:
+                    gen: Generation) -> asyncio.Task:
+        """Open the session and start pumping into it; returns the pump (done when stored)."""
         try:
             session = await self.store.open(conv_id, owner)
         except BaseException:
@@ -62,6 +63,7 @@ class StreamSessions:
         task = asyncio.create_task(self._pump(session, events, gen), name=f"stream:{conv_id}")
         self._pumps.add(task)
         task.add_done_callback(self._pumps.discard)
+        return task
 
     async def _pump(self, session: Session, events: AsyncIterator, gen: Generation) -> None:
         watch = asyncio.create_task(session.cancelled.wait())

@@ -208,7 +208,7 @@ class ToolStreamParser:
             self._state = {"content_open": "content_str", "calls_open": "calls_next"}.get(s, "done")
             return True
         if s == "calls_next":
-            if c in ",":
+            if c == ",":
                 self._pos += 1
                 return True
             if c == "]":

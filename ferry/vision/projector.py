@@ -12,6 +12,8 @@ Invariants:
   thread waits for an encode.
 - The image marker is random per process, so text a user writes can never be taken for an image;
   the rendered prompt must contain it exactly once per image, in order, or the request is a 400.
+  mtmd sees only the marker (one image at a time, with whatever tokens the projector wraps it
+  in); the text around it is tokenised by Ferry, so client text stays plain text.
 - Only projectors whose images take one position per token in the text model are accepted
   (no M-RoPE); the load fails with a clear error otherwise.
 """
@@ -23,12 +25,13 @@ import ctypes
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 from llama_cpp import mtmd_cpp as mt
 
+from ferry.engine.chat_prompt import tokenize_segments
 from ferry.engine.model import Model, _llama_log
 from ferry.engine.sequence import ImageSpan
 from ferry.errors import InvalidRequest
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 _TEXT, _IMAGE = 0, 1  # mtmd_input_chunk_type
 PLACEHOLDER_ID = 0  # prompt id under an image; never reused as a prefix (scheduler invariant)
 T = TypeVar("T")
+Segments = Sequence[tuple[str, bool]]
 
 
 class Projector:
@@ -68,20 +72,47 @@ class Projector:
         async with self._turn:
             return await asyncio.to_thread(fn, *args)
 
-    def tokenize(self, text: str, images: list[ImageInput]) -> tuple[list[int], tuple[ImageSpan, ...]]:
-        """Tokenise ``text`` (one marker per image, in order) and encode every image."""
-        if text.count(self.marker) != len(images):
+    def tokenize(self, prompt: str | Segments, images: list[ImageInput]
+                 ) -> tuple[list[int], tuple[ImageSpan, ...]]:
+        """Tokenise the prompt (text, or chat segments as ``(text, parse special tokens)``, one
+        marker per image, in order) and encode every image. Text between images is tokenised as
+        ``tokenize_segments`` does, so client text stays plain (ferry.engine.chat_prompt)."""
+        runs = self._runs([(prompt, True)] if isinstance(prompt, str) else prompt)
+        if len(runs) != len(images) + 1:
             raise InvalidRequest("the chat template did not keep each image exactly once",
                                  param="messages")
         with self._lock:
-            bitmaps = [self._bitmap(im) for im in images]
-            chunks = mt.mtmd_input_chunks_init()
-            try:
-                return self._tokenize(text, bitmaps, chunks)
-            finally:
-                mt.mtmd_input_chunks_free(chunks)
-                for b in bitmaps:
-                    mt.mtmd_bitmap_free(b)
+            tokens: list[int] = tokenize_segments(self.model, runs[0])
+            spans: list[ImageSpan] = []
+            for im, run in zip(images, runs[1:]):
+                self._image(im, tokens, spans)
+                for text, special in run:
+                    if text:
+                        tokens += self.model.tokenize(text, add_special=False,
+                                                      parse_special=special)
+            return tokens, tuple(spans)
+
+    def _runs(self, segments: Segments) -> list[list[tuple[str, bool]]]:
+        """The segments cut at the image markers: the text before each image, and after the last."""
+        runs: list[list[tuple[str, bool]]] = [[]]
+        for text, special in segments:
+            for j, piece in enumerate(text.split(self.marker) if special else [text]):
+                if j:
+                    runs.append([])
+                runs[-1].append((piece, special))
+        return runs
+
+    def _image(self, im: ImageInput, tokens: list[int], spans: list[ImageSpan]) -> None:
+        """Append one image (and any tokens the projector wraps it in) at the end of ``tokens``."""
+        bitmap = self._bitmap(im)
+        chunks = mt.mtmd_input_chunks_init()
+        try:
+            toks, image_spans = self._tokenize(self.marker, [bitmap], chunks)
+        finally:
+            mt.mtmd_input_chunks_free(chunks)
+            mt.mtmd_bitmap_free(bitmap)
+        spans.extend(ImageSpan(s.start + len(tokens), s.embd, s.causal) for s in image_spans)
+        tokens.extend(toks)
 
     def _bitmap(self, im: ImageInput) -> mt.mtmd_bitmap_p:
         buf = (ctypes.c_uint8 * len(im.data)).from_buffer_copy(im.data)
@@ -92,7 +123,7 @@ class Projector:
 
     def _tokenize(self, text: str, bitmaps: list, chunks) -> tuple[list[int], tuple[ImageSpan, ...]]:
         data = text.encode("utf-8", "surrogatepass")
-        inp = mt.mtmd_input_text(data, len(data), True, True)
+        inp = mt.mtmd_input_text(data, len(data), False, True)  # the image alone: no BOS
         arr = (mt.mtmd_bitmap_p_ctypes * max(len(bitmaps), 1))(*bitmaps)
         rc = mt.mtmd_tokenize(self.ctx, chunks, ctypes.byref(inp), arr, len(bitmaps))
         if rc != 0:
@@ -119,9 +150,6 @@ class Projector:
             causal = not mt.mtmd_decode_use_non_causal(self.ctx, chunk)
             spans.append(ImageSpan(len(tokens), embd, causal))  # embd: [n, n_embd] float32
             tokens.extend([PLACEHOLDER_ID] * n)
-        if len(tokens) >= 2 and tokens[0] == tokens[1] == self.model.bos_id:
-            tokens = tokens[1:]  # the template already wrote BOS (as Model.tokenize does)
-            spans = [ImageSpan(s.start - 1, s.embd, s.causal) for s in spans]
         return tokens, tuple(spans)
 
     def close(self) -> None:

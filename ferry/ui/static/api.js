@@ -49,7 +49,7 @@ export class Api {
   /** Server-side state of resumable streams it knows: [{conversation_id, is_done, ...}]. */
   async lookup(ids) {
     if (!ids.length) return [];
-    return (await this.json("POST", "/v1/streams/lookup", { conversation_ids: ids })).data;
+    return (await this.json("POST", "/v1/streams/lookup?format=ferry", { conversation_ids: ids })).data;
   }
 
   /** Cancel a generation (204; the id is forgotten by the server). */
