@@ -24,7 +24,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 
 from ferry import __version__
 from ferry.api import errors as api_errors
@@ -178,7 +179,7 @@ def _prompt_text(api: str, body: dict) -> str:
     return ""
 
 
-async def forward(request: Request, api: str, stream: bool) -> Any:
+async def forward(request: Request, api: str, stream: bool) -> Response:
     """Send a validated chat/completion request to a replica and answer like the single server."""
     fs: FrontState = request.app.state.ferry
     s = fs.settings
@@ -220,19 +221,20 @@ class _Cancel:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await forward(request, "chat", body.stream)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         return await forward(request, "completion", body.stream)
 
     @app.get("/v1/models")
-    async def list_models(request: Request):
-        return {"object": "list", "data": await request.app.state.ferry.engines.models()}
+    async def list_models(request: Request) -> JSONResponse:
+        return JSONResponse(jsonable_encoder(
+            {"object": "list", "data": await request.app.state.ferry.engines.models()}))
 
     @app.get("/health")
-    async def health(request: Request):
+    async def health(request: Request) -> JSONResponse:
         """The engine replicas alive now (Redis registry), each with its engine status."""
         fs: FrontState = request.app.state.ferry
         live = await fs.registry.live()
@@ -240,7 +242,7 @@ def _routes(app: FastAPI) -> None:
         replicas = [{**r, **st} for r, st in zip(live, statuses)]
         if not any("error" not in r for r in replicas):
             raise ServiceUnavailable("no engine replica is ready yet", headers={"Retry-After": "2"})
-        return {"status": "ok", "replicas": replicas}
+        return JSONResponse(jsonable_encoder({"status": "ok", "replicas": replicas}))
 
 
 def create_front_app(settings: Settings, engines: Engines, app_name: str = "ferry") -> FastAPI:
