@@ -186,8 +186,9 @@ def test_cancel_stops_a_background_response(server, client):
     r = client.responses.create(model=MODEL, input="Write a long essay.", background=True,
                                 max_output_tokens=2000, extra_body=LONG)
     assert r.status in ("queued", "in_progress") and r.background is True
-    c = client.responses.cancel(r.id)
-    assert c.status == "cancelled"
+    raw = client.responses.with_raw_response.cancel(r.id)
+    validate(raw.http_response.json(), "Response")
+    assert raw.parse().status == "cancelled"
     assert client.responses.retrieve(r.id).status == "cancelled"
     assert client.responses.cancel(r.id).status == "cancelled"  # idempotent
     for _ in range(50):
@@ -200,7 +201,9 @@ def test_cancel_stops_a_background_response(server, client):
 
 def test_input_tokens_counts_the_prompt_a_create_would_use(client):
     kw = {"input": "How many tokens is this?", "instructions": "Answer briefly."}
-    n = client.responses.input_tokens.count(model=MODEL, **kw)
+    raw = client.responses.input_tokens.with_raw_response.count(model=MODEL, **kw)
+    validate(raw.http_response.json(), "TokenCountsResource")
+    n = raw.parse()
     assert n.object == "response.input_tokens" and n.input_tokens > 0
     r = raw_create(client, max_output_tokens=16, **kw)
     assert r["usage"]["input_tokens"] == n.input_tokens

@@ -124,8 +124,8 @@ def test_cancel_on_another_replica_stops_the_generation(replicas):
     assert sdk(a, "alice").responses.retrieve(r["id"]).status == "cancelled"
 
 
-def test_failed_generation_sends_error_then_response_failed():
-    srv = FerryServer("--parallel", "1", "--queue-timeout", "1")
+def test_failed_generation_sends_error_then_response_failed_and_records_expire():
+    srv = FerryServer("--parallel", "1", "--queue-timeout", "1", "--response-ttl", "3")
     try:
         busy = httpx.post(srv.url + "/v1/responses", json={**BODY, "stream": False,
                                                            "max_output_tokens": 1500}).json()
@@ -137,5 +137,7 @@ def test_failed_generation_sends_error_then_response_failed():
         got = httpx.get(f"{srv.url}/v1/responses/{final['id']}").json()
         assert got["status"] == "failed"
         httpx.post(f"{srv.url}/v1/responses/{busy['id']}/cancel")
+        time.sleep(3.5)  # --response-ttl
+        assert httpx.get(f"{srv.url}/v1/responses/{final['id']}").status_code == 404
     finally:
         srv.stop()

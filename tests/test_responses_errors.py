@@ -26,6 +26,8 @@ BAD_CREATE = [
     ({"input": [{"type": "function_call_output", "output": "x"}]},
      "input.0.function_call_output.call_id"),
     ({"input": [{"type": "item_reference", "id": "msg_unknown"}]}, "input.0.id"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": IMG}]}]},
+     "input"),  # this server has no projector (--mmproj)
     ({"instructions": 5}, "instructions"),
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"max_output_tokens": 15}, "max_output_tokens"),
