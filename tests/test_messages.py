@@ -52,6 +52,7 @@ def test_system_as_string_or_blocks_gives_one_prompt(anth):
 def test_stream_helper_final_message_equals_the_unstreamed_one(anth):
     kw = {"model": "default", "max_tokens": 40, "extra_body": GREEDY, "system": "Be brief.",
           "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+    anth.messages.create(**kw)  # both measured requests then find the prompt cached
     plain = anth.messages.create(**kw)
     with anth.messages.stream(**kw) as stream:
         text = "".join(stream.text_stream)

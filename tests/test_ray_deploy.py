@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -27,7 +28,6 @@ CHAT = {"messages": [{"role": "user", "content": "Count from one to twenty."}], 
         "temperature": 0}
 LONG = {"messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 1500,
         "ignore_eos": True, "stream": True}
-RAY_PROCESS_NAMES = ("raylet", "gcs_server", "ray::", "dashboard_agent", "runtime_env_agent")
 
 
 class RayFerry(FerryServer):
@@ -66,18 +66,27 @@ class RayFerry(FerryServer):
         return False
 
 
-def ray_processes() -> list[tuple[int, str]]:
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def ray_processes(driver: int) -> set[int]:
+    """The processes of the Ray instance that process ``driver`` started: those named with its
+    session directory (``session_<date>_<driver pid>``) and their descendants."""
+    cmds, parents = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
+            cmds[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            parents[int(pid)] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if any(n in cmd for n in RAY_PROCESS_NAMES) and "pytest" not in cmd:
-            out.append((int(pid), cmd[:120]))
-    return out
+    mine = {p for p, c in cmds.items() if f"_{driver}/".encode() in c and b"/ray/session_" in c}
+    grew = True
+    while grew:
+        more = {p for p, pp in parents.items() if pp in mine} - mine
+        grew, mine = bool(more), mine | more
+    return mine
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if Path(f"/proc/{p}").exists()
+            and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,14 @@ def deployment(redis_url):
     common = ("--threads", "1", "--parallel", "2", "--max-queue", "2", "--stream-store", redis_url,
               "--sse-ping-interval", "1")
     a = RayFerry("--ray", "--replicas", "2", "--replica-cpus", "0.5", *common)
-    try:
-        b = RayFerry("--front-door-only", "--ray-routing", "random", *common)
+    try:  # the address of a's own Ray instance: "auto" could find another one on this machine
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"Ray cluster at (\S+)\)", a.log())):
+            assert time.monotonic() < deadline, a.log()[-2000:]
+            time.sleep(0.2)
+        address = found.group(1)
+        b = RayFerry("--front-door-only", "--ray-address", address, "--ray-routing", "random",
+                     *common, env={"RAY_AUTH_MODE": "token"})  # a's instance requires its token
     except BaseException:
         a.stop()
         raise
@@ -252,6 +267,29 @@ def test_a_conversation_stays_on_its_replica_and_random_routing_would_not(deploy
     assert any(cached < prev - 4 for t in moved for (_, prev, _), (_, _, cached) in itertools.pairwise(t))
 
 
+def test_responses_chain_on_one_replica_and_background_resumes_through_the_other_door(deployment):
+    a, b = deployment
+    doc = " ".join(random.choice(["river", "stone", "light", "field"]) for _ in range(150))
+    prev, served, cached = None, [], []
+    for q in [f"Read: {doc}. Summarise.", "Shorter?", "One word?"]:
+        r = httpx.post(a.url + "/v1/responses", timeout=120, json={
+            "input": q, "max_output_tokens": 16, "temperature": 0, "previous_response_id": prev})
+        assert r.status_code == 200, r.text
+        served.append(r.headers["x-ferry-replica"])
+        cached.append(r.json()["usage"]["input_tokens_details"]["cached_tokens"])
+        prev = r.json()["id"]
+    assert len(set(served)) == 1, served
+    assert all(c > 100 for c in cached[1:]), cached
+    r = httpx.post(a.url + "/v1/responses", timeout=120, json={
+        "input": "Tell a story.", "max_output_tokens": 40, "background": True})
+    assert r.status_code == 200 and r.json()["status"] in ("queued", "in_progress"), r.text
+    events = httpx.get(f"{b.url}/v1/responses/{r.json()['id']}", params={"stream": "true"},
+                       timeout=120).text
+    assert "event: response.incomplete" in events  # it ran to max_output_tokens
+    got = httpx.get(f"{b.url}/v1/responses/{r.json()['id']}").json()
+    assert got["status"] == "incomplete" and got["usage"]["output_tokens"] == 40
+
+
 def start_resumable(server: FerryServer, body: dict, conv: str) -> str:
     """Start a resumable stream, drop the connection once the headers came; its replica."""
     s = connect(server.url)
@@ -297,12 +335,13 @@ def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(deploym
 
 def test_stopping_leaves_no_ray_process_behind(deployment):
     a, b = deployment
-    assert ray_processes(), "the deployment runs Ray processes"
+    started = ray_processes(a.proc.pid)
+    assert len(started) >= 5, started  # GCS, raylet, controller, 2 engines, front door, ...
     assert b.stop() == 0 and a.stop() == 0
     deadline = time.monotonic() + 30
-    while ray_processes() and time.monotonic() < deadline:
+    while alive(started) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert ray_processes() == []
+    assert alive(started) == set()
 
 
 def test_printed_config_is_a_valid_serve_config(redis_url):

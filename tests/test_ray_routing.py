@@ -33,6 +33,13 @@ def test_a_conversation_stays_on_its_replica_while_it_lives():
     assert t.rank(["a", "c"], RouteHint(key="conv-1"))[0] == ["c"]
 
 
+def test_the_replica_of_a_previous_response_is_preferred_while_it_lives():
+    t = RouteTable()
+    t.routed("a", RouteHint(text=DOC))
+    assert t.rank(R, RouteHint(text=DOC, prefer="c")) == [["c"], ["a", "b"]]
+    assert t.rank(R, RouteHint(text=DOC, prefer="gone"))[0] == ["a"]
+
+
 def test_the_longest_cached_prefix_wins():
     t = RouteTable()
     t.routed("a", RouteHint(text=DOC[:200]))

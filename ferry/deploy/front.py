@@ -18,18 +18,19 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from ferry import __version__
 from ferry.api import errors as api_errors
 from ferry.api.middleware import FerryMiddleware
+from ferry.api.responses import router as responses_router
 from ferry.api.routes import until_disconnect
 from ferry.api.streams import router as streams_router
 from ferry.deploy.registry import ReplicaRegistry
@@ -37,6 +38,9 @@ from ferry.deploy.replica import Reply
 from ferry.deploy.routing import RouteHint
 from ferry.errors import FerryError, ServiceUnavailable
 from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
+from ferry.protocol.responses import CreateResponseRequest, InputTokensRequest
+from ferry.response_store import make_response_store
+from ferry.services import stored_responses as stored
 from ferry.services.resumable import StreamSessions
 from ferry.settings import Settings
 from ferry.sse import Event, EventStreamResponse, encode
@@ -99,9 +103,9 @@ class Engines:
             if not done:
                 call.cancel()  # the client went away: the replica cancels the generation
 
-    async def complete(self, api: str, body: dict, route: RouteHint
+    async def complete(self, api: str, body: dict, route: RouteHint, owner: str | None
                        ) -> tuple[Reply, dict | None]:
-        call = self.handle.complete.remote(api, body, route=route)
+        call = self.handle.complete.remote(api, body, route=route, owner=owner)
         try:
             return await until_cancelled(call)
         except self._errors as e:
@@ -140,6 +144,8 @@ class FrontState:
             make_store(settings.stream_store, buffer_bytes=settings.stream_buffer_bytes,
                        ttl=settings.stream_ttl), settings.sse_ping_interval)
         self.registry = ReplicaRegistry(settings.stream_store, app_name)
+        self.responses = make_response_store(settings.response_store or settings.stream_store,
+                                             ttl=settings.response_ttl)
         self._held: set[asyncio.Task] = set()
 
     def hold(self, call: AsyncIterator[bytes]) -> None:
@@ -159,6 +165,7 @@ class FrontState:
             task.cancel()  # the generations go on (the replica shields them)
         await self.sessions.close()
         await self.registry.close()
+        await self.responses.close()
 
 
 def _prompt_text(api: str, body: dict) -> str:
@@ -171,6 +178,10 @@ def _prompt_text(api: str, body: dict) -> str:
                 p.get("text", "") for p in c or [] if isinstance(p, dict))
             parts.append(f"{m.get('role')}\n{text}\n")
         return "".join(parts)
+    if api in ("responses", "input_tokens"):
+        inp = body.get("input")
+        text = inp if isinstance(inp, str) else json.dumps(inp, separators=(",", ":"))
+        return f"{body.get('instructions') or ''}\n{text}"
     p = body.get("prompt")
     if isinstance(p, str):
         return p
@@ -179,7 +190,7 @@ def _prompt_text(api: str, body: dict) -> str:
     return ""
 
 
-async def forward(request: Request, api: str, stream: bool) -> Response:
+async def forward(request: Request, api: str, stream: bool, background: bool = False) -> Any:
     """Send a validated chat/completion request to a replica and answer like the single server."""
     fs: FrontState = request.app.state.ferry
     s = fs.settings
@@ -188,16 +199,22 @@ async def forward(request: Request, api: str, stream: bool) -> Response:
     if conv_key is not None:
         check_conv_id(conv_key, param="X-Conversation-Id", header=True)
     conv_id = conv_key if stream else None  # a resumable stream; any request routes on it
-    route = RouteHint(key=conv_key or body.get("previous_response_id"),
-                      text=_prompt_text(api, body), policy=s.ray_routing)
+    previous = body.get("previous_response_id")
+    prefer = await fs.registry.pinned(previous) if isinstance(previous, str) else None
+    route = RouteHint(key=conv_key or previous, text=_prompt_text(api, body),
+                      policy=s.ray_routing, prefer=prefer)
     owner = request.scope.get("state", {}).get("api_key")
-    if not stream:
+    if not stream or background:
         cancel = _Cancel()
         reply, result = await until_disconnect(
-            request, fs.engines.complete(api, body, route), cancel)  # type: ignore[arg-type]
+            request, fs.engines.complete(api, body, route, owner), cancel)  # type: ignore[arg-type]
         if reply.status != 200:
             raise remote_error(reply)
-        return JSONResponse(result, headers={REPLICA_HEADER: reply.replica})
+        if not stream:
+            return JSONResponse(result, headers={REPLICA_HEADER: reply.replica})
+        events = await stored.replay(fs.responses, fs.sessions.store, owner, result["id"], None)
+        return EventStreamResponse(events, ping_interval=0, send_timeout=s.send_timeout,
+                                   headers={REPLICA_HEADER: reply.replica})
     reply, chunks = await fs.engines.stream(api, body, route, conv_id, owner)
     if reply.status != 200:
         await chunks.aclose()  # type: ignore[attr-defined]
@@ -221,20 +238,27 @@ class _Cancel:
 
 def _routes(app: FastAPI) -> None:
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         return await forward(request, "chat", body.stream)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request) -> Response:
+    async def completions(body: CompletionRequest, request: Request):
         return await forward(request, "completion", body.stream)
 
+    @app.post("/v1/responses")
+    async def create_response(body: CreateResponseRequest, request: Request):
+        return await forward(request, "responses", bool(body.stream), bool(body.background))
+
+    @app.post("/v1/responses/input_tokens")
+    async def count_input_tokens(body: InputTokensRequest, request: Request):
+        return await forward(request, "input_tokens", False)
+
     @app.get("/v1/models")
-    async def list_models(request: Request) -> JSONResponse:
-        return JSONResponse(jsonable_encoder(
-            {"object": "list", "data": await request.app.state.ferry.engines.models()}))
+    async def list_models(request: Request):
+        return {"object": "list", "data": await request.app.state.ferry.engines.models()}
 
     @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
+    async def health(request: Request):
         """The engine replicas alive now (Redis registry), each with its engine status."""
         fs: FrontState = request.app.state.ferry
         live = await fs.registry.live()
@@ -242,7 +266,7 @@ def _routes(app: FastAPI) -> None:
         replicas = [{**r, **st} for r, st in zip(live, statuses)]
         if not any("error" not in r for r in replicas):
             raise ServiceUnavailable("no engine replica is ready yet", headers={"Retry-After": "2"})
-        return JSONResponse(jsonable_encoder({"status": "ok", "replicas": replicas}))
+        return {"status": "ok", "replicas": replicas}
 
 
 def create_front_app(settings: Settings, engines: Engines, app_name: str = "ferry") -> FastAPI:
@@ -259,8 +283,9 @@ def create_front_app(settings: Settings, engines: Engines, app_name: str = "ferr
                   description="OpenAI-compatible LLM inference server (Ray front door)")
     app.state.ferry = state
     api_errors.install(app)
-    _routes(app)
+    _routes(app)  # before the Responses router: its create and count routes are replaced
     app.include_router(streams_router)
+    app.include_router(responses_router)  # retrieve, delete, cancel, input items: from Redis
     app.add_middleware(FerryMiddleware, api_keys=settings.api_key,
                        max_body_size=settings.max_body_size)
     return app

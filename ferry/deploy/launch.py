@@ -96,7 +96,8 @@ def serve_ray(s: Settings) -> int:
                                        http_options=config.http_options.model_dump())
         client.deploy_apps(config, _blocking=False)  # what `serve run FILE` does
         _wait_running(config, stop)
-        log.info("Ferry on Ray Serve: front door on http://%s:%d", s.host, s.port)
+        log.info("Ferry on Ray Serve: front door on http://%s:%d (Ray cluster at %s)", s.host,
+                 s.port, ray.get_runtime_context().gcs_address)
         stop.wait()
         return 0
     finally:

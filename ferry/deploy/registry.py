@@ -1,7 +1,8 @@
 """Live engine replicas, as seen in Redis: each replica refreshes its entry every ``BEAT_S``; an
 entry not refreshed for ``TTL_MS`` (the process died) disappears by itself. Front doors list the
 entries for ``/health`` (and Ray knows the same from its own health checks; this view is shared by
-every front door, on any node, without asking Ray's controller)."""
+every front door, on any node, without asking Ray's controller). Also the replica that created
+each stored response (``pin``), so a ``previous_response_id`` finds it from any front door."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ReplicaRegistry:
     def __init__(self, url: str, app: str, prefix: str = "ferry:replicas") -> None:
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
         self._prefix = f"{prefix}:{app}:"
+        self._pins = f"ferry:pins:{app}:"
 
     async def beat(self, replica: str, info: dict) -> None:
         """Refresh ``replica``'s entry forever (run as a task; cancelled at shutdown)."""
@@ -45,6 +47,21 @@ class ReplicaRegistry:
             raise ServiceUnavailable(f"replica registry (Redis) is unreachable: {exc}") from exc
         entries = [json.loads(v) for v in values if v is not None]
         return sorted(entries, key=lambda e: e["since"])
+
+    async def pin(self, key: str, replica: str, ttl: float) -> None:
+        """Remember that ``replica`` holds ``key``'s conversation (a stored response's id)."""
+        try:
+            await self._redis.set(self._pins + key, replica, px=int(ttl * 1000))
+        except (RedisError, OSError) as exc:
+            log.warning("replica pin not stored: %s", exc)
+
+    async def pinned(self, key: str) -> str | None:
+        """The replica that served ``key``, if known (a routing preference, never required)."""
+        try:
+            value = await self._redis.get(self._pins + key)
+        except (RedisError, OSError):
+            return None
+        return value.decode() if value is not None else None
 
     async def forget(self, replica: str) -> None:
         try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +34,10 @@ from ferry.deploy.registry import ReplicaRegistry
 from ferry.deploy.routing import RouteHint
 from ferry.errors import FerryError, InvalidRequest
 from ferry.protocol.openai import ChatCompletionRequest, CompletionRequest
+from ferry.protocol.responses import CreateResponseRequest, InputTokensRequest
 from ferry.services import completions as svc
+from ferry.services import responses as rsvc
+from ferry.services import stored_responses as stored
 from ferry.services.generation import Generation
 from ferry.services.resumable import encoded
 from ferry.settings import Settings
@@ -47,12 +51,23 @@ class Reply:
 
     replica: str
     status: int = 200
-    body: dict | None = None  # the OpenAI error envelope when status != 200
+    body: dict | None = None  # the error envelope, or a background response's snapshot
     headers: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def error(replica: str, exc: FerryError) -> Reply:
         return Reply(replica, exc.status, exc.to_body(), dict(exc.headers))
+
+
+@dataclass(slots=True)
+class _Run:
+    """A started request: its generation, its stream and non-stream views, or (a background
+    response) the snapshot answered at once while it runs on in its session."""
+
+    gen: Generation
+    events: AsyncIterator | None
+    result: Callable[[], Awaitable[dict]] | None
+    snapshot: dict | None = None
 
 
 def _validate(model, body: dict):
@@ -79,9 +94,21 @@ class EngineReplica:
         if self.state.load_error:
             raise RuntimeError(f"model load failed: {self.state.load_error}")
 
-    async def _start(self, api: str, body: dict) -> tuple[object, Generation, AsyncIterator]:
-        """Validate, prepare and submit: the job's sequences are in the engine when this returns."""
+    async def _start(self, api: str, body: dict, owner: str | None) -> _Run:
+        """Validate, prepare and submit: the job's sequences are in the engine when this returns
+        (a background response is already running in its stream-store session)."""
         s = self.state
+        if api == "responses":
+            rreq = _validate(CreateResponseRequest, body)
+            async with s.models.acquire(rreq.model, "chat") as cm:
+                run = await rsvc.prepare(rreq, cm, s.images, s.responses, owner)
+                gen = run.job.start()
+            if rreq.store:
+                await self.registry.pin(run.id, self.id, self.settings.response_ttl)
+            if rreq.background:
+                await stored.start_background(run, gen, s.sessions)
+                return _Run(gen, None, None, rsvc.snapshot(run))
+            return _Run(gen, rsvc.events(run, gen), functools.partial(rsvc.result, run, gen))
         req = _validate(ChatCompletionRequest if api == "chat" else CompletionRequest, body)
         if req.n > self.settings.max_n:
             raise InvalidRequest(f"n must be at most {self.settings.max_n}", param="n")
@@ -89,48 +116,62 @@ class EngineReplica:
             if api == "chat":
                 job = await svc.prepare_chat_async(req, cm, s.images)
             else:
-                job = svc.prepare_completion(req, cm)
+                job = svc.prepare_completion(req, cm)  # type: ignore[arg-type]
             gen = job.start()
-        stream = svc.chat_stream if api == "chat" else svc.completion_stream
-        return job, gen, stream(job, gen)  # type: ignore[arg-type]
+        if api == "chat":
+            return _Run(gen, svc.chat_stream(job, gen), functools.partial(svc.chat_response, job, gen))
+        return _Run(gen, svc.completion_stream(job, gen),  # type: ignore[arg-type]
+                    functools.partial(svc.completion_response, job, gen))  # type: ignore[arg-type]
 
     async def stream(self, api: str, body: dict, *, route: RouteHint | None = None,
                      conv_id: str | None = None, owner: str | None = None
                      ) -> AsyncIterator[Reply | bytes]:
         """``Reply``, then (plain streams only) the SSE bytes. ``route`` is for the router."""
         try:
-            _, gen, events = await self._start(api, body)
-            if conv_id is not None:
-                pump = await self.state.sessions.start(conv_id, owner, events, gen)
+            run = await self._start(api, body, owner)
+            if run.snapshot is None and conv_id is not None:
+                pump = await self.state.sessions.start(conv_id, owner, run.events, run.gen)
         except FerryError as e:
             yield Reply.error(self.id, e)
             return
-        yield Reply(self.id)
+        yield Reply(self.id, body=run.snapshot)
+        if run.snapshot is not None:
+            return  # a background response: the front door replays its session
         if conv_id is not None:
             # Held open while the generation runs, so Ray counts the stream as ongoing (least
             # loaded routing, autoscaling); cancelling the call does not stop the generation.
             await asyncio.shield(pump)
             return
         try:
-            async for chunk in encoded(events):
+            async for chunk in encoded(run.events):
                 yield chunk
         finally:
-            gen.cancel()
+            run.gen.cancel()
 
-    async def complete(self, api: str, body: dict, *, route: RouteHint | None = None
-                       ) -> tuple[Reply, dict | None]:
+    async def complete(self, api: str, body: dict, *, route: RouteHint | None = None,
+                       owner: str | None = None) -> tuple[Reply, dict | None]:
         try:
-            job, gen, events = await self._start(api, body)
+            if api == "input_tokens":
+                return Reply(self.id), await self._input_tokens(body, owner)
+            run = await self._start(api, body, owner)
         except FerryError as e:
             return Reply.error(self.id, e), None
-        await events.aclose()  # the stream view is not used
+        if run.snapshot is not None:
+            return Reply(self.id), run.snapshot
+        await run.events.aclose()  # the stream view is not used
         try:
-            respond = svc.chat_response if api == "chat" else svc.completion_response
-            return Reply(self.id), await respond(job, gen)  # type: ignore[arg-type]
+            return Reply(self.id), await run.result()
         except FerryError as e:
             return Reply.error(self.id, e), None
         finally:
-            gen.cancel()
+            run.gen.cancel()
+
+    async def _input_tokens(self, body: dict, owner: str | None) -> dict:
+        s = self.state
+        req = _validate(InputTokensRequest, body)
+        async with s.models.acquire(req.model, "chat") as cm:
+            n = await rsvc.input_tokens(req, cm, s.images, s.responses, owner)
+        return {"object": "response.input_tokens", "input_tokens": n}
 
     async def status(self, *, route: RouteHint | None = None) -> dict:
         """This replica's engine status (``/health`` of a single server, per model)."""

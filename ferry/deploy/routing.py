@@ -13,6 +13,8 @@ Invariants:
 - Preferences are ranks: the preferred replica first, then every other replica in one rank, from
   which Ray Serve's router takes the one with the shortest queue (least loaded). A full
   preferred replica therefore never blocks a request.
+- ``RouteHint.prefer`` (the replica that created a ``previous_response_id``, from the replica
+  registry in Redis, so any front door knows it) counts like a pin.
 - The policy is the front door's (``RouteHint.policy``): ``random`` ignores everything above.
 - A hint naming a ``replica`` goes to that replica or nowhere (the caller times out).
 - Memory is bounded: at most ``max_keys`` conversation pins and ``max_blocks`` block hashes per
@@ -38,6 +40,7 @@ class RouteHint:
     key: str | None = None  # conversation key: X-Conversation-Id or previous_response_id
     text: str = ""  # the prompt as text, for prefix matching
     replica: str | None = None  # only this replica (a front door asking each for its status)
+    prefer: str | None = None  # the replica that created the previous_response_id, if known
     policy: str = "cache"  # the front door's --ray-routing: "cache" or "random"
 
 
@@ -81,6 +84,8 @@ class RouteTable:
                    load: dict[str, int]) -> str | None:
         if hint is None:
             return None
+        if hint.prefer in replicas:
+            return hint.prefer
         if hint.key is not None:
             pinned = self._pins.get(hint.key)
             if pinned in replicas:
