@@ -30,6 +30,7 @@ from ferry.api.routes import router
 from ferry.api.streams import router as streams_router
 from ferry.audio.transcriber import bundled_model_dir as bundled_whisper_dir
 from ferry.engine import hardware
+from ferry.engine.cache import namespace
 from ferry.engine.engine import EngineConfig
 from ferry.engine.hardware import Placement
 from ferry.engine.model import bundled_model_path
@@ -53,12 +54,14 @@ TRANSCRIPTION_ALIASES = {"whisper-1": BUNDLED_TRANSCRIBER}  # OpenAI's name, for
 def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
     """The engine's configuration from the settings (and a --models-config entry's own)."""
     parallel = (spec and spec.parallel) or s.parallel
-    n_ctx = (spec and spec.ctx_size) or (s.ctx_size or CTX_PER_SLOT * parallel)
+    n_ctx = (spec and spec.ctx_size) or s.ctx_size  # 0: from the model (default_pool_cells)
     return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                         n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
                         max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                         speculative=s.speculative, draft_max=s.draft_max,
-                        draft_model=s.draft_model, placement=Placement.from_settings(s))
+                        draft_model=s.draft_model, placement=Placement.from_settings(s),
+                        ctx_per_slot=CTX_PER_SLOT, cache_ram_mib=s.cache_ram,
+                        kv_unified=s.kv_unified)
 
 
 class AppState:
@@ -181,6 +184,12 @@ class AppState:
             raise
         return EventStreamResponse(body, ping_interval=0, send_timeout=s.send_timeout,
                                    headers={"X-Conversation-Id": conv_id})
+
+    def cache_ns(self, request: Request, salt: str | None) -> str:
+        """The request's prompt-cache namespace: its API key (unless keys share the cache by
+        --cache-share-across-keys) and its ``cache_salt``."""
+        key = request.scope.get("state", {}).get("api_key")
+        return namespace(None if self.settings.cache_share_across_keys else key, salt)
 
     async def close(self) -> None:
         await self.sessions.close()

@@ -44,6 +44,23 @@ _ENGINE_COUNTERS = {
 }
 
 
+# prompt cache: status() key -> (metric name, help); one series per tier
+_CACHE_COUNTERS = {
+    "hits": ("ferry_prompt_cache_hits", ("Sequences that reused a cached prompt prefix, by the "
+                                         "tier it came from (pool: KV pool; ram: host RAM)")),
+    "restored_tokens": ("ferry_prompt_cache_restored_tokens",
+                        ("Prompt tokens taken from the cache instead of computed, by tier "
+                         "(computed ones: ferry_prompt_tokens)")),
+    "evictions": ("ferry_prompt_cache_evictions", ("Cache entries evicted, by the tier they left "
+                                                   "(pool: moved to RAM or dropped; ram: dropped)")),
+}
+_CACHE_GAUGES = {
+    "bytes": ("ferry_prompt_cache_bytes", "Bytes held by the prompt cache, by tier"),
+    "entries": ("ferry_prompt_cache_entries", "Cached prompts, by tier"),
+}
+TIERS = ("pool", "ram")
+
+
 class EngineObserver:
     """Histogram children bound to one model; the engine calls ``observe`` on them."""
 
@@ -58,7 +75,9 @@ class EngineObserver:
 
 def engine_totals(engine: Any) -> dict[str, float]:
     t = engine.times
-    return {"tokens_prompt": engine.tokens_prompt, "tokens_generated": engine.tokens_generated,
+    cache = engine.scheduler.cache.status()
+    return {**{f"cache_{k}_{tier}": cache[k][tier] for k in _CACHE_COUNTERS for tier in TIERS},
+            "tokens_prompt": engine.tokens_prompt, "tokens_generated": engine.tokens_generated,
             "prefix_hits": engine.scheduler.stats.prefix_hits, "steps": t.steps,
             "python_s": t.python_s, "decode_s": t.decode_s,
             "spec_drafted": getattr(engine, "spec_drafted", 0),
@@ -149,7 +168,7 @@ class _ScrapeCollector:
             gauges["running"].add_metric([mid], st.running)
             gauges["waiting"].add_metric([mid], st.waiting)
             gauges["kv"].add_metric([mid], st.kv_cells_used)
-            cells = max(1, st.n_ctx_seq * st.slots)
+            cells = max(1, st.kv_pool_cells)
             gauges["kv_frac"].add_metric([mid], st.kv_cells_used / cells)
             acc = totals.setdefault(mid, {})
             for k, v in engine_totals(eng).items():
@@ -167,8 +186,26 @@ class _ScrapeCollector:
         loaded.add_metric([], len(engines))
         yield from gauges.values()
         yield from counters.values()
+        yield from _cache_families(engines, totals)
         yield live
         yield loaded
+
+
+def _cache_families(engines: dict[str, Any], totals: dict[str, dict[str, float]]
+                    ) -> Iterable[Metric]:
+    for key, (name, help_) in _CACHE_GAUGES.items():
+        fam = GaugeMetricFamily(name, help_, labels=["model", "tier"])
+        for mid, eng in sorted(engines.items()):
+            st = eng.scheduler.cache.status()
+            for tier in TIERS:
+                fam.add_metric([mid, tier], st[key][tier])
+        yield fam
+    for key, (name, help_) in _CACHE_COUNTERS.items():
+        cfam = CounterMetricFamily(name, help_, labels=["model", "tier"])
+        for mid, acc in sorted(totals.items()):
+            for tier in TIERS:
+                cfam.add_metric([mid, tier], acc.get(f"cache_{key}_{tier}", 0.0))
+        yield cfam
 
 
 router = APIRouter()

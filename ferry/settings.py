@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-CTX_PER_SLOT = 2048  # KV cells per sequence when --ctx-size is 0
+CTX_PER_SLOT = 2048  # fewest KV cells per slot when --ctx-size is 0
 BATCH_SIZE = 512  # tokens per llama_decode
 
 
@@ -110,8 +110,18 @@ class EngineOptions(FlagGroup):
     group: ClassVar[str] = "engine"
 
     parallel: int = Field(8, ge=1, le=256, description="max sequences decoded together (slots)")
-    ctx_size: int = Field(0, ge=0, description="total KV-cache cells across all slots; each slot "
-                          f"gets ctx_size/parallel (0 = {CTX_PER_SLOT} per slot)")
+    ctx_size: int = Field(0, ge=0, description="KV-cache cells of all sequences together: with "
+                          "--kv-unified one request may use up to all of them, else each slot "
+                          "gets ctx_size/parallel (0 = the model's trained context, at least "
+                          "2048 per slot, capped at a quarter of RAM)")
+    kv_unified: bool = Field(False, description="one KV pool shared by all sequences, so a "
+                             "request may use all of --ctx-size while others are short (default: "
+                             "--ctx-size/--parallel cells per slot, and outputs that never depend "
+                             "on other requests' KV placement)")
+    cache_ram: int = Field(8192, ge=0, description="MiB of host RAM for the prompt cache: cached "
+                           "prompts that no longer fit the KV pool are saved there and restored "
+                           "on a prefix hit, least recently used evicted first (0 disables the "
+                           "RAM tier)")
     threads: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1,
                          description="CPU threads for llama.cpp",
                          json_schema_extra=_meta(default="the number of CPUs"))
@@ -206,6 +216,9 @@ class SecurityOptions(FlagGroup):
 
     group: ClassVar[str] = "security"
 
+    cache_share_across_keys: bool = Field(False, description="reuse cached prompt prefixes "
+                                          "across API keys (otherwise each key and each "
+                                          "cache_salt has a cache of its own)")
     api_key: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted API key; repeatable (env: comma-separated)",
         json_schema_extra=_meta("KEY", "none: no key needed"))

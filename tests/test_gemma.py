@@ -60,21 +60,25 @@ def test_models_lists_gemma(gclient):
 def test_greedy_output_is_identical_with_and_without_prefix_reuse(gclient):
     shared = facts("alpha", 20)  # ~330 tokens
     b = [{"role": "user", "content": shared + " Which river bends east? Answer briefly."}]
-    # ~1000 tokens: the slot's sliding-window cells (768) no longer reach back to where `b`
+    # ~1000 tokens: the sequence's sliding-window cells (768) no longer reach back to where `b`
     # departs from `a`
     a = [{"role": "user", "content": shared + " " + facts("beta", 40) + " Summarize."}]
-    fresh, u0 = ask(gclient, b)  # nothing of it cached
+
+    def salted(salt: str) -> dict:  # each salt is a prompt cache of its own
+        return {"extra_body": {"cache_salt": salt}}
+    fresh, u0 = ask(gclient, b, **salted("b"))  # nothing of it cached
     assert u0.prompt_tokens_details.cached_tokens < 16
-    ask(gclient, a, max_tokens=4)  # the slot now holds `a`, its window past the shared part
-    again, u1 = ask(gclient, b)  # shares ~900 tokens with `a`, but their window is gone
-    assert u1.prompt_tokens_details.cached_tokens == 0  # refused partial removal: re-prefilled
+    ask(gclient, a, max_tokens=4, **salted("a"))  # the only entry of salt "a"
+    # `b` shares ~330 tokens with `a`: reused only if the sliding-window cells of those positions
+    # are still in the pool (runner.keepable), else refused and re-prefilled (test_engine tests
+    # the refusal); the answer is the same either way
+    again, u1 = ask(gclient, b, **salted("a"))
     assert again == fresh
-    # a follow-up turn extends what the slot holds: reused, and still the same answer
+    # a follow-up turn extends what the cache holds: reused, and still the same answer
     turn = [*b, {"role": "assistant", "content": fresh}, {"role": "user", "content": "Why?"}]
-    reused, u2 = ask(gclient, turn)
+    reused, u2 = ask(gclient, turn, **salted("b"))
     assert u2.prompt_tokens_details.cached_tokens > u1.prompt_tokens - 10
-    ask(gclient, a, max_tokens=4)
-    recomputed, u3 = ask(gclient, turn)
+    recomputed, u3 = ask(gclient, turn, **salted("c"))
     assert u3.prompt_tokens_details.cached_tokens == 0
     assert reused == recomputed
 

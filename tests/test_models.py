@@ -80,7 +80,7 @@ def test_chat_aliases_and_the_embedding_model_serve_together(multi):
 def test_models_config_sets_context_and_parallelism(multi):
     chat(multi, "small")
     h = multi.get("/health").json()["models"]["small"]
-    assert h["slots"] == 2 and h["n_ctx_seq"] == 512
+    assert h["slots"] == 2 and h["n_ctx_seq"] == 512 and h["kv_pool_cells"] == 1024
     assert h["running"] == 0 and h["waiting"] == 0
 
 

@@ -21,7 +21,7 @@ async def create_message(body: MessagesRequest, request: Request, leases: Lease,
                          ) -> Response:
     state = app_state(request)
     job = await svc.prepare_message(body, await leases.chat(body.model), state.images)
-    gen = job.start()
+    gen = job.start(state.cache_ns(request, None))  # per-key prompt cache
     if body.stream:
         return await state.stream_response(request, svc.message_stream(job, gen), gen)
     return JSONResponse(await until_disconnect(request, svc.message_response(job, gen), gen))

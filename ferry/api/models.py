@@ -4,7 +4,7 @@ holds a model while a request uses it is ``ferry.api.deps.Leases``.)"""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -33,6 +33,10 @@ class ModelObject(BaseModel):
     kind: Kind
     loaded: bool
     state: State
+    # chat models, once loaded: the most tokens (prompt + completion) one request may use (vLLM's
+    # name), and the KV pool all requests share
+    max_model_len: int | None = None
+    kv_pool_cells: int | None = None
 
 
 class ModelList(BaseModel):
@@ -52,7 +56,9 @@ class ModelHealth(BaseModel):
     running: int = 0
     waiting: int = 0
     kv_cells_used: int | None = None
-    n_ctx_seq: int | None = None
+    n_ctx_seq: int | None = None  # longest prompt + completion of one request
+    kv_pool_cells: int | None = None  # the KV pool all sequences share
+    prompt_cache: dict[str, Any] | None = None  # entries/bytes per tier, hits, evictions
     slots: int | None = None
     prefix_hits: int | None = None
     speculative: dict[str, int] | None = None  # tokens drafted / accepted
@@ -84,8 +90,11 @@ def describe(state: AppState) -> list[ModelObject]:
     out = []
     for name, s in reg.names():
         st = reg.state_of(s)
+        eng = reg.chat[s.spec.id].engine if s.spec.id in reg.chat else None
         out.append(ModelObject(id=name, created=s.created, kind=s.spec.kind,
-                               loaded=st in ("loaded", "unloading"), state=st))
+                               loaded=st in ("loaded", "unloading"), state=st,
+                               max_model_len=eng.n_ctx_seq if eng else None,
+                               kv_pool_cells=eng.runner.n_ctx if eng else None))
     return out
 
 

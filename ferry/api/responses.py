@@ -29,7 +29,7 @@ async def create_response(body: CreateResponseRequest, request: Request, leases:
     state = app_state(request)
     run = await svc.prepare(body, await leases.chat(body.model), state.images,
                             state.responses, _owner(request))
-    gen = run.job.start()
+    gen = run.job.start(state.cache_ns(request, None))  # per-key prompt cache
     if body.background:
         await stored.start_background(run, gen, state.sessions)
         if not body.stream:

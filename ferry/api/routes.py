@@ -58,7 +58,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, leases
     state = app_state(request)
     _check_n(state, body.n)
     job = await svc.prepare_chat_async(body, await leases.chat(body.model), state.images)
-    gen = job.start()
+    gen = job.start(state.cache_ns(request, body.cache_salt))
     if body.stream:
         return await state.stream_response(request, svc.chat_stream(job, gen), gen)
     return JSONResponse(await until_disconnect(request, svc.chat_response(job, gen), gen))
@@ -69,7 +69,7 @@ async def completions(body: CompletionRequest, request: Request, leases: Lease) 
     state = app_state(request)
     _check_n(state, body.n)
     job = svc.prepare_completion(body, await leases.chat(body.model))
-    gen = job.start()
+    gen = job.start(state.cache_ns(request, body.cache_salt))
     if body.stream:
         return await state.stream_response(request, svc.completion_stream(job, gen), gen)
     return JSONResponse(await until_disconnect(request, svc.completion_response(job, gen), gen))

@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start this server per level and measure it (repeatable)",
     )
     add("--concurrency", type=_levels, default=[1, 8, 32], metavar="1,8,32")
+    add("--distinct-prompts", action="store_true",
+        help="every request's prompt starts with its own words (no prefix shared across requests)")
+    add("--conversations", type=_levels, metavar="24,64",
+        help="multi-turn scenario: this many conversations at once (per level), each with its own "
+             "~300-word document and --turns questions, resending the growing history; reports "
+             "first-turn and follow-up TTFT apart (replaces --concurrency)")
+    add("--turns", type=_positive, default=4, help="turns per conversation (--conversations)")
+    add("--parallel", type=_positive,
+        help="slots of the servers started with --vs (default: the concurrency level)")
     add("--requests", type=int, help="requests per level (default: max(8, 2 x concurrency))")
     add("--rounds", type=_positive, default=1,
         help="measure each level this many times, alternating the target order (A B, B A, ...); "
@@ -164,10 +173,13 @@ def _config(args: argparse.Namespace, log_dir: Path) -> BenchConfig:
         api_key=args.api_key,
         timeout_s=args.timeout,
         extra_body=args.extra_body,
+        distinct=args.distinct_prompts,
     )
     return BenchConfig(
-        targets=targets, concurrencies=args.concurrency, requests=args.requests, spec=spec,
-        warmup=args.warmup, settings=settings, log_dir=log_dir, rounds=args.rounds,
+        targets=targets, concurrencies=args.conversations or args.concurrency,
+        requests=args.requests, spec=spec, warmup=args.warmup, settings=settings,
+        log_dir=log_dir, rounds=args.rounds, turns=args.turns if args.conversations else 0,
+        parallel=args.parallel,
     )  # fmt: skip
 
 
@@ -177,7 +189,8 @@ def _describe(config: BenchConfig) -> dict[str, Any]:
         "targets": [t.name for t in config.targets],
         "concurrency": config.concurrencies,
         "requests": {c: config.requests_for(c) for c in config.concurrencies},
-        "rounds": config.rounds,
+        "rounds": config.rounds, "turns": config.turns, "parallel": config.parallel,
+        "distinct_prompts": spec.distinct,
         "endpoint": ",".join(dict.fromkeys(t.endpoint or spec.endpoint for t in config.targets)),
         "max_tokens": spec.max_tokens, "ignore_eos": spec.ignore_eos,
         "prompt_chars": len(spec.prompt), "temperature": 0,

@@ -46,20 +46,24 @@ class RequestSpec:
     api_key: str | None
     timeout_s: float
     extra_body: dict[str, Any] | None = None  # merged into every request (e.g. response_format)
+    distinct: bool = False  # request i's prompt starts with its own words (no shared prefix)
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, index: int = 0, messages: list[dict[str, str]] | None = None
+                ) -> dict[str, Any]:
+        """Request ``index``'s body; ``messages`` (chat) replace the single-prompt message."""
+        prompt = f"Request {index} of this run. {self.prompt}" if self.distinct else self.prompt
         body: dict[str, Any] = {"model": self.model, "temperature": 0, "stream": True}
         if self.endpoint == "responses":
-            body |= {"input": self.prompt, "max_output_tokens": self.max_tokens}
+            body |= {"input": prompt, "max_output_tokens": self.max_tokens}
         elif self.endpoint == "messages":
-            body |= {"messages": [{"role": "user", "content": self.prompt}],
+            body |= {"messages": messages or [{"role": "user", "content": prompt}],
                      "max_tokens": self.max_tokens}
         else:
             body |= {"max_tokens": self.max_tokens, "stream_options": {"include_usage": True}}
             if self.endpoint == "chat":
-                body["messages"] = [{"role": "user", "content": self.prompt}]
+                body["messages"] = messages or [{"role": "user", "content": prompt}]
             else:
-                body["prompt"] = self.prompt
+                body["prompt"] = prompt
         if self.ignore_eos:
             body["ignore_eos"] = True  # llama-server / Ferry extension: always emit max_tokens
         body.update(self.extra_body or {})
@@ -147,14 +151,15 @@ def parse_event(data: str, endpoint: Endpoint) -> Step:
 
 
 async def _consume_stream(
-    client: httpx.AsyncClient, url: str, spec: RequestSpec, result: RequestResult
+    client: httpx.AsyncClient, url: str, payload: dict[str, Any], spec: RequestSpec,
+    result: RequestResult,
 ) -> None:
     start = time.perf_counter()
     last: float | None = None
     chunks = 0
     usage_tokens: int | None = None
     async with aconnect_sse(
-        client, "POST", url, json=spec.payload(), headers=spec.headers()
+        client, "POST", url, json=payload, headers=spec.headers()
     ) as source:
         if source.response.status_code != 200:
             body = (await source.response.aread()).decode(errors="replace")
@@ -175,6 +180,7 @@ async def _consume_stream(
             text = step.text
             if not text:
                 continue
+            result.text += text
             now = time.perf_counter()
             if last is None:
                 result.ttft_s = now - start
@@ -187,14 +193,15 @@ async def _consume_stream(
 
 
 async def stream_request(
-    client: httpx.AsyncClient, base_url: str, spec: RequestSpec
+    client: httpx.AsyncClient, base_url: str, spec: RequestSpec, index: int = 0,
+    messages: list[dict[str, str]] | None = None,
 ) -> RequestResult:
     """Send one streaming request and time it; failures come back in ``.error``."""
     result = RequestResult()
     url = api_root(base_url) + PATHS[spec.endpoint]
     try:
         async with asyncio.timeout(spec.timeout_s):  # whole request, not per read
-            await _consume_stream(client, url, spec, result)
+            await _consume_stream(client, url, spec.payload(index, messages), spec, result)
     except TimeoutError:
         result.error = f"timed out after {spec.timeout_s:g} s"
     except (httpx.HTTPError, SSEError, ValueError, AttributeError, KeyError, TypeError) as exc:
@@ -232,8 +239,8 @@ async def run_level(
     pending = iter(range(n_requests))
 
     async def worker(client: httpx.AsyncClient) -> None:
-        for _ in pending:  # shared iterator: each index is taken by exactly one worker
-            results.append(await stream_request(client, base_url, spec))
+        for i in pending:  # shared iterator: each index is taken by exactly one worker
+            results.append(await stream_request(client, base_url, spec, i))
             if on_done is not None:
                 on_done(len(results))
 

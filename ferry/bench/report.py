@@ -63,10 +63,16 @@ COLUMNS = (
 )  # fmt: skip
 
 
+TURN_COLUMNS = ("1st TTFT p50", "1st TTFT p99", "follow TTFT p50", "follow TTFT p99")
+
+
 def table(rows: list[Row]) -> str:
-    """Fixed-width table; latencies in milliseconds; a ``round`` column when there are rounds."""
+    """Fixed-width table; latencies in milliseconds; a ``round`` column when there are rounds,
+    first-turn and follow-up TTFT columns for multi-turn runs."""
     rounds = len({r.round for r in rows}) > 1
-    columns = list(COLUMNS[:1]) + ["round"] * rounds + list(COLUMNS[1:])
+    turns = any(r.summary.follow_ttft_p50_s is not None for r in rows)
+    columns = (list(COLUMNS[:1]) + ["round"] * rounds + list(COLUMNS[1:])
+               + list(TURN_COLUMNS) * turns)
     lines = [columns]
     for row, ratio in zip(rows, ratios(rows), strict=True):
         s = row.summary
@@ -74,7 +80,8 @@ def table(rows: list[Row]) -> str:
             str(s.concurrency), str(s.requests), str(s.errors), str(s.short),
             f"{s.output_tok_s:.1f}", "-" if ratio is None else f"{ratio:.2f}", f"{s.requests_s:.2f}",
             _ms(s.ttft_p50_s), _ms(s.ttft_p99_s), _ms(s.itl_p50_s), _ms(s.itl_p99_s),
-        ])  # fmt: skip
+        ] + [_ms(s.first_ttft_p50_s), _ms(s.first_ttft_p99_s), _ms(s.follow_ttft_p50_s),
+             _ms(s.follow_ttft_p99_s)] * turns)  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
     text = [
         "  ".join(

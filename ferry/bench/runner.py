@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ferry.bench.client import RequestSpec, discover_model, run_level
+from ferry.bench.conversations import run_conversations
 from ferry.bench.peers import ServerSettings, Target
 from ferry.bench.report import Row
 from ferry.bench.stats import summarize
@@ -36,8 +37,12 @@ class BenchConfig:
     settings: ServerSettings | None  # None when no target is managed
     log_dir: Path
     rounds: int = 1
+    turns: int = 0  # > 0: multi-turn scenario, levels are numbers of conversations
+    parallel: int | None = None  # slots of started servers; None = the level
 
     def requests_for(self, concurrency: int) -> int:
+        if self.turns:
+            return concurrency * self.turns
         return self.requests if self.requests is not None else max(MIN_REQUESTS, 2 * concurrency)
 
 
@@ -66,7 +71,8 @@ async def _measure(
     total = config.requests_for(concurrency)
     label = f"{target.name} c={concurrency}"
     progress.show(label + " (starting)", 0, total)
-    async with target.serving(concurrency, config.settings, config.log_dir) as url:
+    slots = config.parallel or concurrency
+    async with target.serving(slots, config.settings, config.log_dir) as url:
         spec = config.spec
         if target.endpoint is not None:
             spec = dataclasses.replace(spec, endpoint=target.endpoint)
@@ -75,10 +81,15 @@ async def _measure(
         if config.warmup:
             warm = dataclasses.replace(spec, max_tokens=min(spec.max_tokens, 8))
             await run_level(url, warm, concurrency=1, n_requests=config.warmup)
-        results, wall_s = await run_level(
-            url, spec, concurrency=concurrency, n_requests=total,
-            on_done=lambda done: progress.show(label, done, total),
-        )  # fmt: skip
+        def on_done(done: int) -> None:
+            progress.show(label, done, total)
+
+        if config.turns:
+            results, wall_s = await run_conversations(
+                url, spec, conversations=concurrency, turns=config.turns, on_done=on_done)
+        else:
+            results, wall_s = await run_level(
+                url, spec, concurrency=concurrency, n_requests=total, on_done=on_done)
     progress.clear()
     summary = summarize(results, concurrency=concurrency, wall_s=wall_s, max_tokens=spec.max_tokens)
     return Row(target=target.name, url=url, summary=summary)

@@ -26,6 +26,8 @@ class RequestResult:
     output_tokens: int = 0  # from usage, else the number of content chunks
     e2e_s: float | None = None  # send -> end of stream
     finish_reason: str | None = None
+    text: str = ""  # the streamed content (multi-turn runs send it back as history)
+    turn: int = 0  # multi-turn runs: 0 for a conversation's first request
 
     @property
     def ok(self) -> bool:
@@ -50,6 +52,11 @@ class LevelSummary:
     itl_p99_s: float | None
     e2e_p50_s: float | None
     first_error: str | None
+    # multi-turn runs: TTFT of first turns and of follow-up turns, separately
+    first_ttft_p50_s: float | None = None
+    first_ttft_p99_s: float | None = None
+    follow_ttft_p50_s: float | None = None
+    follow_ttft_p99_s: float | None = None
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -79,6 +86,12 @@ def summarize(
     gaps = [g for r in ok for g in r.gaps_s]
     e2es = [r.e2e_s for r in ok if r.e2e_s is not None]
     tokens = sum(r.output_tokens for r in ok)
+    first = [r.ttft_s for r in ok if r.ttft_s is not None and r.turn == 0]
+    follow = [r.ttft_s for r in ok if r.ttft_s is not None and r.turn > 0]
+    by_turn = {
+        "first_ttft_p50_s": percentile(first, 50), "first_ttft_p99_s": percentile(first, 99),
+        "follow_ttft_p50_s": percentile(follow, 50), "follow_ttft_p99_s": percentile(follow, 99),
+    } if follow else {}  # fmt: skip
     return LevelSummary(
         concurrency=concurrency,
         requests=len(results),
@@ -94,4 +107,5 @@ def summarize(
         itl_p99_s=percentile(gaps, 99),
         e2e_p50_s=percentile(e2es, 50),
         first_error=failed[0].error if failed else None,
+        **by_turn,
     )

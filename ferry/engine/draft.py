@@ -63,12 +63,20 @@ class DraftModel:
         self.model = model
         self.runner = Runner(model, cfg)
         self.n_batch = cfg.n_batch
+        self._held: dict[int, int] = {}  # draft slot -> id of the sequence whose cells it holds
 
     def drafter(self, max_draft: int) -> ModelDrafter:
         return ModelDrafter(max_draft)
 
-    def prepare(self, seqs: Seq[Sequence]) -> None:
-        """Draft for each sequence (past its prompt, with a ``ModelDrafter``) that is not paused."""
+    def prepare(self, seqs: Seq[Sequence], live: Seq[Sequence] = ()) -> None:
+        """Draft for each sequence (past its prompt, with a ``ModelDrafter``) that is not paused.
+        Draft slots of sequences no longer in ``live`` (the running ones) are cleared first: the
+        draft context's KV pool only holds running sequences."""
+        running = {(s.slot, s.id) for s in live}
+        for slot, sid in list(self._held.items()):
+            if (slot, sid) not in running:
+                self.runner.clear_slot(slot)
+                del self._held[slot]
         budget = self.n_batch
         plan = StepPlan()
         want: dict[int, tuple[Sequence, int]] = {}  # seq id -> (seq, draft length wanted)
@@ -81,6 +89,7 @@ class DraftModel:
                 continue
             hist = seq.all_tokens
             keep = self._sync(seq, d, hist)
+            self._held[seq.slot] = seq.id
             todo = hist[keep:]
             done = len(todo) <= budget
             todo = todo[:budget]

@@ -14,17 +14,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ferry.engine import sampling
 from ferry.engine.detok import TextAssembler
-from ferry.engine.draft import DraftModel
+from ferry.engine.draft import DraftModel, ModelDrafter
 from ferry.engine.hardware import Placement
 from ferry.engine.model import Model
 from ferry.engine.ngram import NGramDrafter
-from ferry.engine.runner import Runner, RunnerConfig
+from ferry.engine.runner import LLAMA_MAX_SEQ, Runner, RunnerConfig, default_pool_cells
 from ferry.engine.scheduler import Scheduler, StepPlan
 from ferry.engine.sequence import ImageSpan, Output, SamplingParams, Sequence
 from ferry.errors import Overloaded
@@ -48,6 +48,9 @@ class EngineConfig:
     draft_max: int
     draft_model: str | None  # GGUF path, for speculative == "draft"
     placement: Placement = field(default_factory=Placement)  # GPU offload, KV types (hardware.py)
+    ctx_per_slot: int = 2048  # n_ctx 0: at least this many cells per slot (default_pool_cells)
+    cache_ram_mib: int = 0  # prompt cache in host RAM (0: only what stays in the KV pool)
+    kv_unified: bool = False  # one KV pool for all sequences (else a stream per slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class EngineStatus:
     prefix_hits: int
     speculative: dict[str, int]  # tokens drafted / accepted
     step_python_us: dict[int, float]  # mean Python time per step (µs) by sequences in the step
+    kv_pool_cells: int = 0  # KV cells of all sequences together
+    prompt_cache: dict | None = None  # PromptCache.status(): entries/bytes per tier, hits, ...
 
 
 @dataclass(slots=True)
@@ -86,11 +91,20 @@ class Engine:
     def __init__(self, model: Model, cfg: EngineConfig) -> None:
         self.model = model
         self.cfg = cfg
-        rcfg = RunnerConfig(cfg.n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch, cfg.placement)
+        n_ctx = cfg.n_ctx or default_pool_cells(model, cfg.n_slots * cfg.ctx_per_slot)
+        # unified: ids beyond the running sequences hold prompt-cache entries in the pool; else
+        # the cache's pool tier is the idle slots' streams
+        n_ids = min(LLAMA_MAX_SEQ, 4 * cfg.n_slots + 8) if cfg.kv_unified else cfg.n_slots
+        rcfg = RunnerConfig(n_ctx, cfg.n_slots, cfg.n_threads, cfg.n_batch, cfg.placement,
+                            n_seq_max=n_ids, kv_unified=cfg.kv_unified)
         self.runner = Runner(model, rcfg)
         self.n_ctx_seq = min(self.runner.n_ctx_seq, model.n_ctx_train or self.runner.n_ctx_seq)
+        headroom = 1 + (cfg.draft_max if cfg.speculative != "none" else 0)
         self.scheduler = Scheduler(cfg.n_slots, cfg.n_batch, cfg.prefill_chunk, cfg.queue_timeout,
-                                   self.n_ctx_seq, kv_keep=self.runner.keepable)
+                                   self.n_ctx_seq, kv=self.runner, n_seq_ids=rcfg.n_seq_max,
+                                   pool_cells=self.runner.n_ctx if cfg.kv_unified else None,
+                                   ram_budget=cfg.cache_ram_mib << 20, headroom=headroom,
+                                   kv_keep=self.runner.keepable)
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:
@@ -138,18 +152,21 @@ class Engine:
         return self.scheduler.num_running
 
     def submit(self, prompt: list[int], params: SamplingParams, max_tokens: int,
-               sink: Callable[[Output], None], images: tuple[ImageSpan, ...] = ()) -> Sequence:
+               sink: Callable[[Output], None], images: tuple[ImageSpan, ...] = (),
+               cache_ns: Hashable = "") -> Sequence:
         """Queue one sequence; ``sink`` is called on the event loop with each Output.
-        ``images``: prompt spans given as embeddings, already encoded (see Sequence)."""
+        ``images``: prompt spans given as embeddings, already encoded (see Sequence).
+        ``cache_ns``: the prompt-cache namespace (only its own cached prefixes are reused)."""
         # queued = sequences that will not get a slot at the next step (read without a lock:
         # off by one at worst, and only at the boundary)
-        queued = self.num_waiting - len(self.scheduler.free_slots)
+        queued = self.num_waiting - self.scheduler.num_free_slots
         if queued >= self.cfg.max_queue:
             raise Overloaded("the server is at capacity; retry shortly",
                              headers={"Retry-After": "1"})
         if params.ignore_eos:
             params.logit_bias = {**self._eog_bias, **params.logit_bias}
-        seq = Sequence(prompt, params, max_tokens, sink, arrival=time.monotonic(), images=images)
+        seq = Sequence(prompt, params, max_tokens, sink, arrival=time.monotonic(), images=images,
+                       cache_ns=cache_ns)
         self._inbox.append(seq)
         self._wake.set()
         return seq
@@ -181,7 +198,8 @@ class Engine:
         if self.draft is not None:
             td = time.perf_counter()
             self.draft.prepare([s for s in self.scheduler.running
-                                if s.drafter is not None and not s.in_prefill and not s.cancelled])
+                                if s.drafter is not None and not s.in_prefill and not s.cancelled],
+                               live=self.scheduler.running)
             decode_s = time.perf_counter() - td
         plan = self.scheduler.schedule(time.monotonic())
         out: list[tuple[Callable[[Output], None], Output]] = []
@@ -191,6 +209,14 @@ class Engine:
         for seq in plan.expired:
             out.append((seq.sink, self._final(seq, "", "queue_timeout")))
             self._release(seq)
+        for seq in plan.failed:
+            o = self._final(seq, "", "error")
+            o.error = "the preempted sequence could not be resumed"
+            out.append((seq.sink, o))
+            self._release(seq)
+        for seq, _slot in plan.preempted:
+            if isinstance(seq.drafter, ModelDrafter):
+                seq.drafter.kv = None  # its draft cells are cleared when it runs again
         for w in plan.work:
             if w.seq.detok is None:
                 self._admitted(w.seq)
@@ -335,11 +361,11 @@ class Engine:
             o = self._final(seq, "", "error")
             o.error = message
             out.append((seq.sink, o))
-        for slot in range(self.cfg.n_slots):
+        self.scheduler.free_ids += self.scheduler.cache.clear()
+        for slot in range(self.runner.n_seq_max):
             self.runner.clear_slot(slot)
             if self.draft is not None:
                 self.draft.clear(slot)
-            self.scheduler.slot_tokens[slot] = []
         self._deliver(out)
 
     def _deliver(self, out: list[tuple[Callable[[Output], None], Output]]) -> None:
@@ -348,7 +374,9 @@ class Engine:
             self._loop.call_soon_threadsafe(_dispatch, out, finished)
 
     def kv_cells_used(self) -> int:
-        return sum(s.num_computed for s in self.scheduler.running)
+        """Cells of running sequences and of prompt-cache entries in the pool."""
+        return (sum(s.num_computed for s in self.scheduler.running)
+                + self.scheduler.cache.pool_cells)
 
     def status(self) -> EngineStatus:
         return EngineStatus(
@@ -357,7 +385,8 @@ class Engine:
             prefix_hits=self.scheduler.stats.prefix_hits,
             speculative={"drafted": self.spec_drafted, "accepted": self.spec_accepted},
             step_python_us={n: round(v[0] / v[1] * 1e6, 1)
-                            for n, v in sorted(self.times.by_batch.items()) if v[1]})
+                            for n, v in sorted(self.times.by_batch.items()) if v[1]},
+            kv_pool_cells=self.runner.n_ctx, prompt_cache=self.scheduler.cache.status())
 
 
 def _dispatch(out: list[tuple[Callable[[Output], None], Output]],

@@ -2,18 +2,22 @@
 
 Invariants:
 - Called from the engine thread only (llama.cpp contexts are not thread-safe).
-- Slot ``i`` is llama.cpp sequence id ``i`` with its own KV stream (``kv_unified = False``), so
-  attention for one sequence never scans another's cells.
-- ``plan.copies`` copy one slot's whole KV stream into another (llama.cpp copies across streams
-  only whole, at the start of the next decode, as llama-server does for ``n`` > 1) and trim it to
-  the shared prefix; ``run`` always decodes after planning a copy (the copying sequence has at
-  least its last prompt token to compute).
+- A sequence's slot is its llama.cpp sequence id. With ``kv_unified`` one KV pool of ``n_ctx``
+  cells is shared by all ``n_seq_max`` ids, so one sequence may use the whole pool while others
+  are short, and copying a prefix only tags cells. Without it (the default) each id has its own
+  stream of ``n_ctx / n_seq_max`` cells, attention never scans another's cells, and a
+  computation's result does not depend on where other sequences' cells lie (in a unified pool it
+  does: measured up to 0.4 on a logit, enough to flip greedy choices); copies between streams are
+  whole-stream copies trimmed to the prefix.
+- ``plan.copies`` give one sequence the first n cells of another before the step's decode.
+- The runner is the scheduler's ``KvBackend``: ``trim``, ``copy``, ``save`` and ``restore`` act on
+  sequences' cells at once (save/restore: llama.cpp's per-sequence state, host memory).
 - ``trim`` keeps a prefix only where the memory can continue from it (``keepable``); otherwise it
   clears the slot and says so (returns 0), so the caller recomputes. Sliding-window layers keep
   only the last ``n_swa`` + ``n_ubatch`` positions per slot (``swa_full = False``, as in
   llama-server): a trim to a position whose window was already overwritten keeps nothing.
-  Recurrent and hybrid memories cannot drop a tail at all. ``run`` checks the plan's trims and
-  copies against this (the scheduler asked ``keepable`` when it planned them).
+  Recurrent and hybrid memories cannot drop a tail at all. ``run`` checks the plan's copies
+  against this (the scheduler asked ``keepable`` when it planned them).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from dataclasses import dataclass, field
 
 import llama_cpp as ll
@@ -45,10 +50,30 @@ class RunnerConfig:
     n_threads: int
     n_batch: int
     placement: Placement = field(default_factory=Placement)  # flash attention, KV-cache types
+    n_seq_max: int = 0  # llama.cpp sequence ids (0: n_slots)
+    kv_unified: bool = False  # one KV pool shared by all sequence ids
 
 
 class DecodeError(RuntimeError):
     pass
+
+
+LLAMA_MAX_SEQ = 256  # llama-cparams.h
+
+
+def default_pool_cells(model: Model, at_least: int) -> int:
+    """The model's trained context, at least ``at_least`` cells, capped so that the KV pool takes
+    at most a quarter of physical memory."""
+    want = max(model.n_ctx_train, at_least)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(256, min(want, mem // 4 // kv_bytes_per_cell(model)))
+
+
+def kv_bytes_per_cell(model: Model) -> int:
+    """Bytes of K and V (f16) one token takes in the KV cache across all layers."""
+    n_layer = ll.llama_model_n_layer(model.ptr)
+    n_head, n_head_kv = ll.llama_model_n_head(model.ptr), ll.llama_model_n_head_kv(model.ptr)
+    return 2 * 2 * n_layer * model.n_embd * n_head_kv // max(n_head, 1)
 
 
 class Runner:
@@ -58,10 +83,11 @@ class Runner:
         p.n_ctx = cfg.n_ctx
         p.n_batch = cfg.n_batch
         p.n_ubatch = cfg.n_batch
-        p.n_seq_max = cfg.n_slots
+        p.n_seq_max = cfg.n_seq_max or cfg.n_slots
         p.n_threads = cfg.n_threads
         p.n_threads_batch = cfg.n_threads
-        p.kv_unified = False
+        p.kv_unified = cfg.kv_unified
+        self.unified = cfg.kv_unified
         p.swa_full = False  # windowed layers keep n_swa + n_ubatch cells, not n_ctx (llama-server)
         p.no_perf = True
         cfg.placement.apply(p)
@@ -71,6 +97,9 @@ class Runner:
             raise RuntimeError("llama.cpp could not create a context")
         self.mem = ll.llama_get_memory(self.ctx)
         self.n_ctx_seq: int = ll.llama_n_ctx_seq(self.ctx)
+        self.n_ctx: int = ll.llama_n_ctx(self.ctx)
+        self.n_seq_max: int = p.n_seq_max
+        self.bytes_per_cell = kv_bytes_per_cell(model)
         self.n_swa: int = ll.llama_model_n_swa(model.ptr)
         self._tail_removable = not (ll.llama_model_is_recurrent(model.ptr)
                                     or ll.llama_model_is_hybrid(model.ptr))
@@ -138,18 +167,35 @@ class Runner:
     def clear_slot(self, slot: int) -> None:
         ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
 
+    def copy(self, src: int, dst: int, n: int) -> None:
+        """``dst`` (empty) gets ``src``'s first ``n`` cells (unified KV: cells are tagged; else the
+        whole stream is copied, then trimmed)."""
+        if self.unified:
+            ll.llama_memory_seq_cp(self.mem, src, dst, 0, n)
+        else:
+            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
+            ll.llama_memory_seq_rm(self.mem, dst, n, -1)
+
+    def save(self, slot: int) -> ctypes.Array | None:
+        """The slot's KV state in host memory (``len()`` bytes), or None if llama.cpp fails."""
+        size = ll.llama_state_seq_get_size(self.ctx, slot)
+        buf = (ctypes.c_uint8 * size)()
+        if size == 0 or ll.llama_state_seq_get_data(self.ctx, buf, size, slot) != size:
+            return None
+        return buf
+
+    def restore(self, blob: ctypes.Array, slot: int) -> bool:
+        """Load a saved state into ``slot``; False when the pool has no room for it."""
+        return ll.llama_state_seq_set_data(self.ctx, blob, len(blob), slot) != 0
+
     def run(self, plan: StepPlan) -> dict[int, int]:
         """Decode every piece of work in one batch; return {sequence id: first logits row}
         (a work item's ``n_logits`` rows are contiguous from there)."""
-        for slot, keep in plan.trims:
-            if self.trim(slot, keep) != keep:
-                raise DecodeError(f"slot {slot} could not keep {keep} KV cells as planned")
-        for src, dst, keep in plan.copies:  # whole-stream copy (done by this decode), then trim
+        for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
             if self.keepable(src, keep) != keep:
                 raise DecodeError(f"slot {src} could not share {keep} KV cells as planned")
-            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
-            ll.llama_memory_seq_rm(self.mem, dst, keep, -1)
+            self.copy(src, dst, keep)
         n = 0
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg

@@ -1,26 +1,36 @@
-"""The waiting and running queues, slot assignment, prefix reuse and the per-step token budget.
+"""The waiting and running queues, sequence ids, the KV pool's room and the per-step token budget.
 
-Nothing else touches the queues. Pure logic (no llama.cpp), so it is unit-tested with a fake runner.
+Nothing else touches the queues. Pure logic (no llama.cpp), so it is unit-tested with a fake runner
+(KV operations go through a ``KvBackend``: the runner, or a fake).
 
 Invariants:
-- At most ``n_slots`` sequences run; each running sequence owns exactly one slot (a llama.cpp
-  sequence id with its own KV stream of ``n_ctx_seq`` cells), so the KV cache can never overflow.
-- A released slot keeps the tokens it holds in KV as a reusable prefix (``slot_tokens``) until it is
-  given to another sequence; admission prefers the free slot with the longest common prefix, and the
-  runner trims the slot's KV to that prefix (``StepPlan.trims``) before the step's decode.
+- At most ``n_slots`` sequences run; each running sequence owns one llama.cpp sequence id (``slot``)
+  of ``n_seq_ids``; ids not running belong to the prompt cache's pool entries or are free.
+- The KV pool (``pool_cells``, one unified KV shared by every sequence) never overflows: each
+  running sequence counts ``_need`` cells (its prompt, what it generated, and this step's headroom,
+  at most ``n_ctx_seq``), every pool entry its tokens (shared cells counted twice: an
+  over-estimate). Before admitting, cached entries move to RAM or go; if the running ones alone
+  outgrow the pool, the last admitted is preempted: its KV is saved to host memory
+  (``Sequence.swapped``) and restored when it is admitted again, at the head of the queue.
+- A finished sequence's KV becomes a prompt-cache entry (``cache.PromptCache``); admission reuses
+  the longest cached prefix of the sequence's namespace (API key + cache salt), from the pool or
+  from RAM, and prefills the rest.
+- Admission is cache-aware without starvation: among the first ``lookahead`` waiting sequences
+  the one with the fewest tokens left to compute goes first, unless the oldest was already passed
+  over ``max_bypass`` times; then it goes first.
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
-- A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt than with
-  any free slot (concurrent requests with one system prompt, ``n`` choices) does not recompute
-  them: it waits until that sequence has computed them, then its slot gets a copy of the other's
+- A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt (same
+  namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does
+  not recompute them: it waits until that sequence has computed them, then its slot gets a copy of the other's
   KV trimmed to the shared prefix (``StepPlan.copies``). Sources are always admitted earlier, so
   waits cannot form a cycle; a source that leaves first just means a normal prefill.
-- A slot's KV is reused only as far as the runner can keep it (``kv_keep``): a memory that
-  refuses a partial removal (sliding-window layers that already dropped cells the next token
-  attends to, recurrent state) keeps nothing, and the sequence prefills from 0. When a trim after
-  rejected drafts is refused, ``kv_lost`` makes the sequence recompute everything it holds as
-  prefill (``Sequence.prefill_end``) before it decodes again.
+- KV is reused only as far as the runner can keep it (``kv_keep``): a memory that refuses a
+  partial removal (sliding-window layers that already dropped cells the next token attends to,
+  recurrent state) keeps nothing, and the sequence prefills from 0. When a trim after rejected
+  drafts is refused, ``kv_lost`` makes the sequence recompute everything it holds as prefill
+  (``Sequence.prefill_end``) before it decodes again.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
 - Drafts (speculative tokens from ``Sequence.drafter``) ride on a decoding sequence's token or on
   the prompt's last chunk, only from the budget the step's one-token-per-sequence work leaves,
@@ -28,7 +38,7 @@ Invariants:
 - An image span (``Sequence.images``) is never split: it is one Work item (``image`` set) of its
   own, scheduled when it fits the step's budget or is the step's first prefill item (so it always
   progresses; the runner decodes it in a batch of its own). Prefix reuse stops at a prompt's first
-  image: a released slot keeps its tokens only up to there, and admission never reuses past it
+  image: a finished sequence is cached only up to there, and admission never reuses past it
   (placeholder ids say nothing about which image was decoded).
 """
 
@@ -39,6 +49,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ferry.engine.cache.index import common_prefix
+from ferry.engine.cache.store import KvBackend, PromptCache
 from ferry.engine.sequence import ImageSpan, Sequence, Status
 
 
@@ -60,10 +72,11 @@ class Work:
 @dataclass(slots=True)
 class StepPlan:
     work: list[Work] = field(default_factory=list)
-    trims: list[tuple[int, int]] = field(default_factory=list)  # (slot, keep first n cells)
     copies: list[tuple[int, int, int]] = field(default_factory=list)  # (from slot, to slot, n)
     cancelled: list[Sequence] = field(default_factory=list)
     expired: list[Sequence] = field(default_factory=list)  # waited longer than queue_timeout
+    preempted: list[tuple[Sequence, int]] = field(default_factory=list)  # (seq, id it left)
+    failed: list[Sequence] = field(default_factory=list)  # could not be resumed (KV restore)
 
     @property
     def num_tokens(self) -> int:
@@ -76,10 +89,32 @@ class Stats:
     prefix_cached_tokens: int = 0
 
 
+class _PlanOnly:
+    """A KvBackend that holds no KV (the scheduler's own unit tests; dry runs)."""
+
+    bytes_per_cell = 1
+
+    def trim(self, seq_id: int, keep: int) -> int:
+        return keep
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        pass
+
+    def save(self, seq_id: int) -> bytes:
+        return b""
+
+    def restore(self, blob: object, seq_id: int) -> bool:
+        return True
+
+
 class Scheduler:
     def __init__(self, n_slots: int, max_batch_tokens: int, prefill_chunk: int,
                  queue_timeout: float | None = None, n_ctx_seq: int = 1 << 30,
-                 min_share: int = 16, kv_keep: Callable[[int, int], int] | None = None) -> None:
+                 min_share: int = 16, *, kv: KvBackend | None = None,
+                 n_seq_ids: int | None = None, pool_cells: int | None = None,
+                 ram_budget: int = 0, min_restore: int = 32, headroom: int = 65,
+                 max_bypass: int | None = None, lookahead: int = 64,
+                 kv_keep: Callable[[int, int], int] | None = None) -> None:
         self.min_share = min_share
         # kv_keep(slot, n): how many of the slot's first n KV cells can be kept (n, or fewer when
         # the memory refuses the partial removal); Runner.keepable. None: always n.
@@ -89,12 +124,15 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
         self.queue_timeout = queue_timeout
+        self.pool_cells = pool_cells if pool_cells is not None else 1 << 40
+        self.headroom = headroom
+        self.max_bypass = 2 * n_slots if max_bypass is None else max_bypass
+        self.lookahead = lookahead
+        self.kv: KvBackend = kv if kv is not None else _PlanOnly()
+        self.cache = PromptCache(self.kv, ram_budget, min_restore, keep=self._keep)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.free_slots: list[int] = list(range(n_slots))
-        self.slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]
-        self._slot_age = [0] * n_slots
-        self._clock = 0
+        self.free_ids: list[int] = list(range(max(n_seq_ids or 2 * n_slots, n_slots)))[::-1]
         self.stats = Stats()
 
     @property
@@ -105,16 +143,25 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
+    @property
+    def num_free_slots(self) -> int:
+        return self.n_slots - len(self.running)
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
+    def cells_used(self) -> int:
+        """KV cells counted against the pool (an over-estimate when cells are shared)."""
+        return sum(self._need(s) for s in self.running) + self.cache.pool_cells
+
     def schedule(self, now: float = 0.0) -> StepPlan:
         plan = StepPlan()
         self._drop_cancelled(plan)
         self._expire_waiting(plan, now)
+        self._fit_running(plan)
         self._admit(plan)
         budget = self.max_batch_tokens
         decoding = [s for s in self.running if not s.in_prefill]
@@ -124,7 +171,10 @@ class Scheduler:
             spare -= len(draft)
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
-        chunk_cap = self.prefill_chunk if decoding else budget
+        self._plan_prefill(plan, budget, self.prefill_chunk if decoding else budget)
+        return plan
+
+    def _plan_prefill(self, plan: StepPlan, budget: int, chunk_cap: int) -> None:
         first = True
         for seq in self.running:
             if budget <= 0:
@@ -150,7 +200,6 @@ class Scheduler:
             chunk_cap -= n
             if chunk_cap <= 0:
                 break
-        return plan
 
     def _take_share(self, seq: Sequence, plan: StepPlan) -> bool:
         """False while ``seq`` waits for its source to compute the shared prefix; once it has,
@@ -173,7 +222,8 @@ class Scheduler:
         still generate and hold, and by the ``spare`` batch budget."""
         if seq.drafter is None or spare <= 0:
             return []
-        room = min(seq.max_tokens - len(seq.generated) - 1, self.n_ctx_seq - pos - 1, spare)
+        room = min(seq.max_tokens - len(seq.generated) - 1, self.n_ctx_seq - pos - 1, spare,
+                   self.headroom - 1)
         return seq.drafter.propose()[:max(room, 0)]
 
     def _keep(self, slot: int, n: int) -> int:
@@ -186,11 +236,12 @@ class Scheduler:
         seq.prefill_end = max(seq.prefill_end, len(seq.prompt) + len(seq.generated))
 
     def finish(self, seq: Sequence, reason: str) -> None:
-        """Remove a sequence (any state) and release its slot, keeping its KV as a prefix."""
+        """Remove a sequence (any state); its KV becomes a prompt-cache entry."""
         if seq.status is Status.FINISHED:
             return
         if seq.status is Status.WAITING:
             self.waiting.remove(seq)
+            seq.swapped = None
         else:
             self.running.remove(seq)
             self._release(seq)
@@ -198,12 +249,9 @@ class Scheduler:
         seq.finish_reason = reason
 
     def _release(self, seq: Sequence) -> None:
-        slot = seq.slot
-        assert slot is not None
-        self.slot_tokens[slot] = seq.all_tokens[: min(_reuse_end(seq), seq.num_computed)]
-        self._clock += 1
-        self._slot_age[slot] = self._clock
-        self.free_slots.append(slot)
+        assert seq.slot is not None
+        tokens = seq.all_tokens[: min(_reuse_end(seq), seq.num_computed)]
+        self.free_ids += self.cache.insert(seq.cache_ns, tokens, seq.slot)
         seq.slot = None
 
     def _drop_cancelled(self, plan: StepPlan) -> None:
@@ -214,68 +262,129 @@ class Scheduler:
     def _expire_waiting(self, plan: StepPlan, now: float) -> None:
         if self.queue_timeout is None:
             return
-        for seq in [s for s in self.waiting if now - s.arrival > self.queue_timeout]:
+        for seq in [s for s in self.waiting
+                    if now - s.arrival > self.queue_timeout and s.swapped is None]:
             self.finish(seq, "queue_timeout")
             plan.expired.append(seq)
 
+    def _need(self, seq: Sequence) -> int:
+        return min(len(seq.prompt) + len(seq.generated) + self.headroom, self.n_ctx_seq)
+
+    def _fit_running(self, plan: StepPlan) -> None:
+        """Make room for this step's growth: cached entries leave the pool first, then the last
+        admitted running sequences are preempted (swapped out to host memory)."""
+        while self.cells_used() > self.pool_cells:
+            freed = self.cache.evict_pool()
+            if freed:
+                self.free_ids += freed
+                continue
+            if len(self.running) <= 1:
+                break  # alone, a sequence always fits: _need <= n_ctx_seq <= pool
+            seq = self.running[-1]
+            slot = seq.slot
+            assert slot is not None
+            seq.swapped = self.kv.save(slot)
+            if seq.swapped is None:  # llama.cpp could not save it: it cannot go on
+                seq.num_computed = 0
+                self.finish(seq, "error")
+                plan.failed.append(seq)
+                continue
+            self.running.pop()
+            self.kv.trim(slot, 0)
+            self.free_ids.append(slot)
+            seq.slot, seq.status = None, Status.WAITING
+            self.waiting.appendleft(seq)
+            plan.preempted.append((seq, slot))
+
     def _admit(self, plan: StepPlan) -> None:
-        while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
-            slot, k = self._best_slot(seq.prompt)
-            self.free_slots.remove(slot)
-            # always compute >= 1 prompt token to get logits
-            k = self._keep(slot, min(k, len(seq.prompt) - 1, _reuse_end(seq)))
-            plan.trims.append((slot, k))
-            self.slot_tokens[slot] = self.slot_tokens[slot][:k]
-            seq.slot = slot
-            seq.num_computed = k
-            seq.num_cached = k
-            if k > 0:
-                self.stats.prefix_hits += 1
-                self.stats.prefix_cached_tokens += k
-            src, n = self._best_running(seq)
-            if n >= k + self.min_share:
-                seq.share_from = (src, n)
+        while self.waiting and len(self.running) < self.n_slots:
+            seq, entry, k = self._pick()
+            if sum(self._need(s) for s in self.running) + self._need(seq) > self.pool_cells:
+                break  # wait until running sequences leave room
+            if not self.free_ids:  # an id from the pool's LRU entry, sparing the one to reuse
+                self.free_ids += self.cache.evict_pool(spare=entry) or self.cache.evict_pool()
+                if not self.free_ids:
+                    break
+            self.waiting.remove(seq)
+            seq.slot = self.free_ids.pop()
             seq.status = Status.RUNNING
             self.running.append(seq)
+            while self.cells_used() > self.pool_cells:  # room first: a restore needs free cells
+                freed = self.cache.evict_pool(spare=entry) or self.cache.evict_pool()
+                if not freed:
+                    break
+                self.free_ids += freed
+            if seq.swapped is not None:
+                self._resume(seq, plan)
+            else:
+                self._reuse(seq, entry, k)
+
+    def _pick(self):
+        """The next sequence to admit, with its best cache entry and usable prefix length."""
+        head = self.waiting[0]
+        if head.swapped is not None or head.bypassed >= self.max_bypass:
+            return (head, *self._lookup(head))
+        best = None
+        for i, seq in enumerate(self.waiting):
+            if i >= self.lookahead:
+                break
+            entry, k = self._lookup(seq)
+            if best is None or len(seq.prompt) - k < len(best[0].prompt) - best[2]:
+                best = (seq, entry, k)
+        assert best is not None
+        for seq in self.waiting:
+            if seq is best[0]:
+                break
+            seq.bypassed += 1
+        return best
+
+    def _lookup(self, seq: Sequence):
+        entry, n = self.cache.lookup(seq.cache_ns, seq.prompt)
+        # always compute >= 1 prompt token to get logits
+        return entry, min(n, len(seq.prompt) - 1, _reuse_end(seq))
+
+    def _reuse(self, seq: Sequence, entry, k: int) -> None:
+        assert seq.slot is not None
+        if entry is not None and entry.id not in self.cache.entries:
+            entry, k = self._lookup(seq)  # making room pushed it out of RAM
+        if entry is not None and k > 0:
+            k, freed = self.cache.materialize(entry, k, seq.slot)
+            self.free_ids += freed
+        else:
+            k = 0
+        seq.num_computed = seq.num_cached = k
+        if k > 0:
+            self.stats.prefix_hits += 1
+            self.stats.prefix_cached_tokens += k
+        src, n = self._best_running(seq)
+        if n >= k + self.min_share:
+            seq.share_from = (src, n)
+
+    def _resume(self, seq: Sequence, plan: StepPlan) -> None:
+        """A preempted sequence gets its KV back (its state is otherwise intact)."""
+        assert seq.slot is not None
+        blob, seq.swapped = seq.swapped, None
+        if not self.kv.restore(blob, seq.slot):
+            seq.num_computed = 0  # nothing of it is in KV: nothing to cache
+            self.finish(seq, "error")
+            plan.failed.append(seq)
 
     def _best_running(self, seq: Sequence) -> tuple[Sequence | None, int]:
-        """The running sequence whose prompt shares the longest prefix with ``seq``'s (before
-        either's first image, and short of ``seq``'s last token, which must be computed)."""
+        """The running sequence of ``seq``'s namespace whose prompt shares the longest prefix with
+        ``seq``'s (before either's first image, and short of ``seq``'s last token, which must be
+        computed)."""
         limit = min(_reuse_end(seq), len(seq.prompt) - 1)
         best, best_n = None, 0
         for other in self.running:
-            n = min(_common_prefix(other.prompt, seq.prompt), limit, _reuse_end(other))
+            if other is seq or other.cache_ns != seq.cache_ns:
+                continue
+            n = min(common_prefix(other.prompt, seq.prompt), limit, _reuse_end(other))
             if n > best_n:
                 best, best_n = other, n
         return best, best_n
-
-    def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
-        best, best_k = None, -1
-        for slot in self.free_slots:
-            k = _common_prefix(self.slot_tokens[slot], prompt)
-            if k > best_k or (k == best_k and self._slot_age[slot] < self._slot_age[best]):
-                best, best_k = slot, k
-        assert best is not None
-        return best, best_k
 
 
 def _reuse_end(seq: Sequence) -> int:
     """KV from this position on never serves another sequence: the first image's start (its
     placeholder ids do not say which image was decoded), else no bound."""
     return seq.images[0].start if seq.images else sys.maxsize
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by bisection over slice comparisons (done in C)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo

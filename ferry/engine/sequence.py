@@ -4,8 +4,9 @@ Invariants:
 - ``num_computed`` tokens (of ``all_tokens``) are in the KV cache of ``slot``; up to
   ``prefill_end`` they are computed as prefill (the prompt; all tokens so far after the runner lost
   the KV of a sequence that was generating, see ``Scheduler.kv_lost``), then one token per step.
-- A sequence owns its slot from admission until it finishes; the scheduler alone moves it between
-  the waiting and running queues and releases the slot.
+- A running sequence owns its slot (a llama.cpp sequence id); the scheduler alone moves it between
+  the waiting and running queues, hands its slot to the prompt cache when it finishes, and may
+  preempt it (``swapped`` holds its KV until it runs again).
 - ``cancelled`` may be set from any thread; the engine acts on it at the start of its next step.
 - ``images`` are spans of the prompt given as ready-made embeddings (a multimodal projector's
   output, computed before submission): ``prompt[span.start:span.end]`` holds placeholder ids so
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,8 @@ class Sequence:
 
     __slots__ = (
         "arrival",
+        "bypassed",
+        "cache_ns",
         "cancelled",
         "constraint",
         "detok",
@@ -124,12 +127,14 @@ class Sequence:
         "sink",
         "slot",
         "status",
+        "swapped",
     )
 
     def __init__(self, prompt: list[int], params: SamplingParams, max_tokens: int,
                  sink: Callable[[Output], None], arrival: float = 0.0,
-                 images: tuple[ImageSpan, ...] = ()) -> None:
+                 images: tuple[ImageSpan, ...] = (), cache_ns: Hashable = "") -> None:
         self.id = next(_ids)
+        self.cache_ns = cache_ns  # prompt-cache namespace: only its own entries are reused
         self.prompt = prompt
         self.images = images
         assert all(a.end <= b.start for a, b in itertools.pairwise(images)), images
@@ -154,6 +159,8 @@ class Sequence:
         self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
         self.drafter: Drafter | None = None  # set when this sequence speculates
+        self.bypassed = 0  # times admission preferred a later sequence (bounded: no starvation)
+        self.swapped: Any = None  # KV state saved when preempted; restored on readmission
 
     @property
     def in_prefill(self) -> bool:

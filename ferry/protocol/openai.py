@@ -128,6 +128,9 @@ class SamplingRequest(_Req):
     repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
     ignore_eos: bool = False
     speculative: bool = Field(True, strict=True)  # opt out of server-side speculation
+    # vLLM's prompt-cache isolation: only requests with the same salt (and API key) share
+    # cached prefixes
+    cache_salt: str | None = Field(None, min_length=1, max_length=256, strict=True)
 
     @property
     def include_usage(self) -> bool:

@@ -66,9 +66,9 @@ class ChatJob:
     tools: bool = False
     images: tuple[ImageSpan, ...] = ()  # encoded images in `prompt` (placeholders there)
 
-    def start(self) -> Generation:
+    def start(self, cache_ns: str = "") -> Generation:
         return Generation(self.model.engine, [self.prompt], self.params, self.req.n,
-                          [self.max_tokens], self.images)
+                          [self.max_tokens], self.images, cache_ns)
 
 
 async def prepare_chat_async(req: ChatCompletionRequest, cm: ChatModel,
@@ -259,9 +259,9 @@ class CompletionJob:
     params: SamplingParams
     max_tokens: list[int]
 
-    def start(self) -> Generation:
+    def start(self, cache_ns: str = "") -> Generation:
         return Generation(self.model.engine, self.prompts, self.params, self.req.n,
-                          self.max_tokens)
+                          self.max_tokens, cache_ns=cache_ns)
 
 
 def prepare_completion(req: CompletionRequest, cm: ChatModel) -> CompletionJob:

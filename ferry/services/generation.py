@@ -19,8 +19,10 @@ from ferry.errors import FerryError, InternalError, QueueTimeout
 
 class Generation:
     def __init__(self, engine: Engine, prompts: list[list[int]], params: SamplingParams, n: int,
-                 max_tokens: list[int], images: tuple[ImageSpan, ...] = ()) -> None:
-        """``images``: embedding spans of the (single) prompt, for chats with images."""
+                 max_tokens: list[int], images: tuple[ImageSpan, ...] = (),
+                 cache_ns: str = "") -> None:
+        """``images``: embedding spans of the (single) prompt, for chats with images.
+        ``cache_ns``: prompt-cache namespace (``ferry.engine.cache.namespace``)."""
         self.engine = engine
         self._q: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
         self.seqs: list[Sequence] = []
@@ -40,7 +42,7 @@ class Generation:
                     idx = i * n + j
                     self.seqs.append(engine.submit(prompt, p, max_tokens[i],
                                                    lambda o, idx=idx: self._q.put_nowait((idx, o)),
-                                                   images))
+                                                   images, cache_ns))
         except FerryError:
             self.cancel()
             raise

@@ -37,8 +37,8 @@ class MessageJob:
     chat: ChatJob
     capped: bool  # max_tokens was cut to the context left after the prompt
 
-    def start(self) -> Generation:
-        return self.chat.start()
+    def start(self, cache_ns: str = "") -> Generation:
+        return self.chat.start(cache_ns)
 
 
 async def prepare_message(req: MessagesRequest, cm: ChatModel, policy: ImagePolicy) -> MessageJob:

@@ -1,0 +1,71 @@
+"""The runner as the prompt cache's KV backend, on the real model: what a copy or a RAM restore
+puts in a sequence is the same KV as the original, byte for byte."""
+
+from __future__ import annotations
+
+import pytest
+
+from ferry.engine.model import Model, bundled_model_path
+from ferry.engine.runner import Runner, RunnerConfig
+from ferry.engine.scheduler import StepPlan, Work
+from ferry.engine.sequence import SamplingParams, Sequence
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = Model(bundled_model_path())
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["unified", "streams"])
+def runner(model, request):
+    r = Runner(model, RunnerConfig(512 if request.param else 1024, 2, 2, 256, n_seq_max=4,
+                                   kv_unified=request.param))
+    yield r
+    r.close()
+
+
+def prefill(r: Runner, slot: int, tokens: list[int]) -> None:
+    s = Sequence(tokens, SamplingParams(), 1, lambda o: None)
+    s.slot = slot
+    r.run(StepPlan(work=[Work(s, tokens, 0, True)]))
+
+
+def test_restore_and_copy_hold_the_saved_kv_byte_for_byte(runner):
+    tokens = runner.model.tokenize("The ferry leaves the harbour at dawn. " * 6)
+    prefill(runner, 0, tokens)
+    prefill(runner, 1, tokens[:20])  # another sequence's cells around
+    saved = bytes(runner.save(0))
+    assert len(saved) >= runner.bytes_per_cell * len(tokens)
+    runner.clear_slot(0)
+    assert runner.restore(bytearray_blob(saved), 3)
+    runner.copy(3, 2, len(tokens))
+    runner.clear_slot(1)
+    prefill(runner, 1, tokens[:2])  # a decode: streams copy at the next one
+    for slot in (3, 2):  # back under id 0, the state reads the same as the original's
+        blob = runner.save(slot)
+        runner.clear_slot(0)
+        assert runner.restore(blob, 0)
+        assert bytes(runner.save(0)) == saved
+    assert runner.trim(2, 10) == 10 and runner.trim(2, 0) == 0
+
+
+def test_a_restore_without_room_fails_cleanly(runner):
+    if not runner.unified:
+        pytest.skip("a stream always has room for what it held")
+    tokens = runner.model.tokenize("word " * 300)[:240]
+    for slot in range(4):
+        runner.clear_slot(slot)
+    prefill(runner, 0, tokens)
+    blob = runner.save(0)
+    prefill(runner, 1, tokens)  # the blob's 240 cells and these 440 exceed the pool's 512
+    runner.clear_slot(0)
+    prefill(runner, 2, tokens[:200])
+    assert not runner.restore(blob, 3)
+
+
+def bytearray_blob(data: bytes):
+    import ctypes
+
+    return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
