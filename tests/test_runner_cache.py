@@ -51,6 +51,28 @@ def test_restore_and_copy_hold_the_saved_kv_byte_for_byte(runner):
     assert runner.trim(2, 10) == 10 and runner.trim(2, 0) == 0
 
 
+def test_a_copy_survives_a_restore_into_its_source_before_the_next_decode(runner):
+    # one admission pass copies a cached entry's cells to a new sequence, frees the entry's slot
+    # and restores another entry from RAM into it; the copy must hold the first entry's cells
+    a = runner.model.tokenize("The ferry leaves the harbour at dawn. " * 6)
+    b = runner.model.tokenize("Gulls circle the quay while the rain comes. " * 6)
+    for slot in range(4):
+        runner.clear_slot(slot)
+    prefill(runner, 1, b)
+    other = runner.save(1)
+    runner.clear_slot(1)
+    prefill(runner, 0, a)
+    original = bytes(runner.save(0))
+    runner.copy(0, 2, len(a))
+    runner.clear_slot(0)
+    assert runner.restore(other, 0)
+    prefill(runner, 3, a[:2])  # the next decode
+    blob = runner.save(2)
+    runner.clear_slot(0)
+    assert runner.restore(blob, 0)
+    assert bytes(runner.save(0)) == original
+
+
 def test_a_restore_without_room_fails_cleanly(runner):
     if not runner.unified:
         pytest.skip("a stream always has room for what it held")

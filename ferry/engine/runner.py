@@ -7,8 +7,8 @@ Invariants:
   are short, and copying a prefix only tags cells. Without it (the default) each id has its own
   stream of ``n_ctx / n_seq_max`` cells, attention never scans another's cells, and a
   computation's result does not depend on where other sequences' cells lie (in a unified pool it
-  does: measured up to 0.4 on a logit, enough to flip greedy choices); copies between streams are
-  whole-stream copies trimmed to the prefix.
+  does: measured up to 0.4 on a logit, enough to flip greedy choices); copies between streams go
+  through the state API at once (llama.cpp defers a cross-stream copy to the next decode).
 - ``plan.copies`` give one sequence the first n cells of another before the step's decode.
 - The runner is the scheduler's ``KvBackend``: ``trim``, ``copy``, ``save`` and ``restore`` act on
   sequences' cells at once (save/restore: llama.cpp's per-sequence state, host memory).
@@ -168,13 +168,20 @@ class Runner:
         ll.llama_memory_seq_rm(self.mem, slot, -1, -1)
 
     def copy(self, src: int, dst: int, n: int) -> None:
-        """``dst`` (empty) gets ``src``'s first ``n`` cells (unified KV: cells are tagged; else the
-        whole stream is copied, then trimmed)."""
+        """``dst`` (empty) gets ``src``'s first ``n`` cells. Unified KV: the cells are tagged.
+        Separate streams: llama.cpp would only queue a whole-stream buffer copy until the next
+        decode, and a state write into ``src`` before that decode (a RAM restore into a slot just
+        freed in the same admission pass) would then reach ``dst`` in place of ``src``'s cells
+        (seen: a prompt answered with a neighbour's prefix). So the cells go through the state
+        API, which copies at once (and only the sequence's cells, not the whole stream)."""
         if self.unified:
             ll.llama_memory_seq_cp(self.mem, src, dst, 0, n)
-        else:
-            ll.llama_memory_seq_cp(self.mem, src, dst, -1, -1)
-            ll.llama_memory_seq_rm(self.mem, dst, n, -1)
+            return
+        ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
+        blob = self.save(src)
+        if blob is None or not self.restore(blob, dst):
+            raise DecodeError(f"slot {src} could not be copied to slot {dst}")
+        ll.llama_memory_seq_rm(self.mem, dst, n, -1)
 
     def save(self, slot: int) -> ctypes.Array | None:
         """The slot's KV state in host memory (``len()`` bytes), or None if llama.cpp fails."""
