@@ -91,3 +91,25 @@ def bytearray_blob(data: bytes):
     import ctypes
 
     return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+
+
+def test_a_step_decodes_its_sequences_in_id_order_whatever_the_plan_order(runner):
+    # llama.cpp cuts a batch over separate streams into ubatches of consecutive ids, so admission
+    # order in the batch would cost several graphs per step (benchmarks/batch_order.py)
+    tokens = runner.model.tokenize("The ferry leaves the harbour at dawn.")
+    for slot in range(4):
+        runner.clear_slot(slot)
+    seqs = []
+    for slot in (3, 1, 2, 0):
+        s = Sequence(tokens, SamplingParams(), 1, lambda o: None)
+        s.slot = slot
+        seqs.append(s)
+    rows = runner.run(StepPlan(work=[Work(s, tokens[:2 + s.slot], 0, True) for s in seqs]))
+    b = runner.batch
+    ids = [b.seq_id[i][0] for i in range(b.n_tokens)]
+    assert ids == sorted(ids) and set(ids) == {0, 1, 2, 3}
+    for s in seqs:  # each sequence's logits row is its own last token
+        assert ids[rows[s.id]] == s.slot and b.pos[rows[s.id]] == 1 + s.slot
+        assert rows[s.id] == b.n_tokens - 1 or ids[rows[s.id] + 1] != s.slot
+    for slot in range(4):
+        runner.clear_slot(slot)

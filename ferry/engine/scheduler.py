@@ -306,7 +306,7 @@ class Scheduler:
                 if not self.free_ids:
                     break
             self.waiting.remove(seq)
-            seq.slot = self.free_ids.pop()
+            seq.slot = self._take_id()
             seq.status = Status.RUNNING
             self.running.append(seq)
             while self.cells_used() > self.pool_cells:  # room first: a restore needs free cells
@@ -318,6 +318,11 @@ class Scheduler:
                 self._resume(seq, plan)
             else:
                 self._reuse(seq, entry, k)
+
+    def _take_id(self) -> int:
+        """The lowest free id: running sequences stay on consecutive ids, which llama.cpp decodes
+        in one ubatch (see ferry.engine.runner)."""
+        return self.free_ids.pop(self.free_ids.index(min(self.free_ids)))
 
     def _pick(self):
         """The next sequence to admit, with its best cache entry and usable prefix length."""
