@@ -23,7 +23,7 @@ from ferry.api import openapi
 from ferry.api.audio import make_router as make_audio_router
 from ferry.api.embeddings import router as embeddings_router
 from ferry.api.messages import router as messages_router
-from ferry.api.middleware import FerryMiddleware
+from ferry.api.middleware import FerryMiddleware, request_owner
 from ferry.api.models import router as models_router
 from ferry.api.responses import router as responses_router
 from ferry.api.routes import router
@@ -174,7 +174,7 @@ class AppState:
         if conv_id is None:
             return EventStreamResponse(encoded(events), ping_interval=s.sse_ping_interval,
                                        send_timeout=s.send_timeout, on_close=gen.cancel)
-        owner = request.scope.get("state", {}).get("api_key")
+        owner = request_owner(request)
         try:
             check_conv_id(conv_id, param="X-Conversation-Id", header=True)
             await self.sessions.start(conv_id, owner, events, gen)
@@ -188,7 +188,7 @@ class AppState:
     def cache_ns(self, request: Request, salt: str | None) -> str:
         """The request's prompt-cache namespace: its API key (unless keys share the cache by
         --cache-share-across-keys) and its ``cache_salt``."""
-        key = request.scope.get("state", {}).get("api_key")
+        key = request_owner(request)
         return namespace(None if self.settings.cache_share_across_keys else key, salt)
 
     async def close(self) -> None:

@@ -169,6 +169,19 @@ def client(server: FerryServer):
                          _strict_response_validation=True, timeout=120)
 
 
+def anthropic_client(url: str, timeout: float = 120):
+    """The official Anthropic client against a Ferry server, validating every response strictly."""
+    import anthropic
+
+    return anthropic.Anthropic(base_url=url, api_key="none", max_retries=0,
+                               _strict_response_validation=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def anth(server: FerryServer):
+    return anthropic_client(server.url)
+
+
 @pytest.fixture(scope="session")
 def aclient(server: FerryServer):
     import openai

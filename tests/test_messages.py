@@ -9,7 +9,6 @@ import random
 import time
 
 import httpx
-import pytest
 from httpx_sse import EventSource, connect_sse
 from pydantic import BaseModel
 from rawhttp import stream_prefix
@@ -18,14 +17,6 @@ ASK = [{"role": "user", "content": "Name three colours."}]
 
 # the newest SDK leaves sampling parameters out of create(); they still travel in the body
 GREEDY = {"temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def anth(server):
-    import anthropic
-
-    return anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0,
-                               _strict_response_validation=True, timeout=120)
 
 
 def prompt_total(usage) -> int:

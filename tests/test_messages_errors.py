@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from conftest import FerryServer
+from conftest import FerryServer, anthropic_client
 
 from ferry.errors import InternalError, Overloaded, QueueTimeout, ServiceUnavailable
 from ferry.protocol.anthropic import error_body
@@ -111,8 +111,7 @@ def test_messages_are_worded_as_anthropic_words_them(http):
 def test_official_client_raises_typed_errors(server):
     import anthropic
 
-    c = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0,
-                            _strict_response_validation=True, timeout=60)
+    c = anthropic_client(server.url, timeout=60)
     with pytest.raises(anthropic.BadRequestError) as e:
         c.messages.create(model="default", max_tokens=4, extra_body={"temperature": 3},
                           messages=OK["messages"])

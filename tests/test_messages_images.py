@@ -9,7 +9,7 @@ import http.server
 import threading
 
 import pytest
-from conftest import FerryServer
+from conftest import FerryServer, anthropic_client
 
 from ferry.vision.testing import n_image_tokens, png_bytes, write_mmproj
 
@@ -46,12 +46,9 @@ def image_url():
 
 @pytest.fixture(scope="module")
 def vanth(tmp_path_factory):
-    import anthropic
-
     mmproj = write_mmproj(tmp_path_factory.mktemp("vision") / "mmproj.gguf")
     s = FerryServer("--parallel", "2", "--mmproj", str(mmproj), "--allow-image-urls")
-    yield anthropic.Anthropic(base_url=s.url, api_key="none", max_retries=0,
-                              _strict_response_validation=True, timeout=120)
+    yield anthropic_client(s.url)
     s.stop()
 
 

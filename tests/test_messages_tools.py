@@ -9,7 +9,6 @@ import json
 
 import httpx
 import jsonschema
-import pytest
 from httpx_sse import connect_sse
 
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
@@ -23,14 +22,6 @@ ASK = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 
 # the newest SDK leaves sampling parameters out of create(); they still travel in the body
 GREEDY = {"temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def anth(server):
-    import anthropic
-
-    return anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0,
-                               _strict_response_validation=True, timeout=120)
 
 
 def tool_uses(m) -> list:

@@ -11,7 +11,7 @@ import sys
 import httpx
 import openai
 import pytest
-from conftest import FerryServer
+from conftest import FerryServer, anthropic_client
 from openai_spec import validate
 
 MSG = [{"role": "user", "content": "Say hello"}]
@@ -72,13 +72,11 @@ def test_any_model_streams_and_completions_too(dropin):
 
 
 def test_any_model_serves_the_responses_and_anthropic_apis_under_their_names(dropin):
-    import anthropic
 
     r = client_for(dropin).responses.create(model="gpt-4o", input="Say hello",
                                             max_output_tokens=16)
     assert r.status in ("completed", "incomplete") and r.output
-    anth = anthropic.Anthropic(base_url=dropin.url, api_key="none", max_retries=0,
-                               _strict_response_validation=True, timeout=120)
+    anth = anthropic_client(dropin.url)
     m = anth.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
     assert m.content and m.content[0].type == "text"
 

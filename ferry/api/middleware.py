@@ -19,6 +19,12 @@ PUBLIC_PATHS = ("/health",)
 UI_PATHS = ("/", "/index.html")
 
 
+def request_owner(request) -> str | None:
+    """The API key a request came with (None without keys): who owns its streams, stored
+    responses and prompt-cache namespace. Set by ``FerryMiddleware``; the one place that reads it."""
+    return request.scope.get("state", {}).get("api_key")
+
+
 def _token(headers: dict[bytes, bytes]) -> bytes | None:
     token = headers.get(b"x-api-key")
     auth = headers.get(b"authorization", b"")

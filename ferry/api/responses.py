@@ -9,6 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 
 from ferry.api.deps import Lease, app_state
+from ferry.api.middleware import request_owner
 from ferry.api.routes import until_disconnect
 from ferry.errors import InvalidRequest
 from ferry.protocol.responses import INCLUDABLE, CreateResponseRequest, InputTokensRequest
@@ -19,16 +20,12 @@ from ferry.sse import EventStreamResponse
 router = APIRouter()
 
 
-def _owner(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("api_key")
-
-
 @router.post("/v1/responses")
 async def create_response(body: CreateResponseRequest, request: Request, leases: Lease
                           ) -> Response:
     state = app_state(request)
     run = await svc.prepare(body, await leases.chat(body.model), state.images,
-                            state.responses, _owner(request))
+                            state.responses, request_owner(request))
     gen = run.job.start(state.cache_ns(request, None))  # per-key prompt cache
     if body.background:
         await stored.start_background(run, gen, state.sessions)
@@ -43,7 +40,7 @@ async def create_response(body: CreateResponseRequest, request: Request, leases:
 async def _replay(request: Request, response_id: str, starting_after: int | None
                   ) -> EventStreamResponse:
     state = app_state(request)
-    body = await stored.replay(state.responses, state.sessions.store, _owner(request),
+    body = await stored.replay(state.responses, state.sessions.store, request_owner(request),
                                response_id, starting_after)
     return EventStreamResponse(body, ping_interval=0, send_timeout=state.settings.send_timeout)
 
@@ -53,7 +50,7 @@ async def count_input_tokens(body: InputTokensRequest, request: Request, leases:
                              ) -> JSONResponse:
     state = app_state(request)
     n = await svc.input_tokens(body, await leases.chat(body.model), state.images,
-                               state.responses, _owner(request))
+                               state.responses, request_owner(request))
     return JSONResponse({"object": "response.input_tokens", "input_tokens": n})
 
 
@@ -66,14 +63,14 @@ async def retrieve_response(request: Request, response_id: str, stream: bool = F
         return await _replay(request, response_id, starting_after)
     if starting_after is not None:
         raise InvalidRequest("starting_after needs stream=true", param="starting_after")
-    record = await app_state(request).responses.get(_owner(request), response_id)
+    record = await app_state(request).responses.get(request_owner(request), response_id)
     return JSONResponse(jsonable_encoder(record.response))
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(request: Request, response_id: str) -> JSONResponse:
     state = app_state(request)
-    await stored.delete(state.responses, state.sessions.store, _owner(request), response_id)
+    await stored.delete(state.responses, state.sessions.store, request_owner(request), response_id)
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
@@ -81,7 +78,7 @@ async def delete_response(request: Request, response_id: str) -> JSONResponse:
 async def cancel_response(request: Request, response_id: str) -> JSONResponse:
     state = app_state(request)
     return JSONResponse(jsonable_encoder(
-        await stored.cancel(state.responses, state.sessions.store, _owner(request), response_id)))
+        await stored.cancel(state.responses, state.sessions.store, request_owner(request), response_id)))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -90,6 +87,6 @@ async def list_input_items(request: Request, response_id: str,
                            order: Literal["asc", "desc"] = "desc", after: str | None = None,
                            include: Annotated[list[INCLUDABLE] | None, Query()] = None
                            ) -> JSONResponse:
-    record = await app_state(request).responses.get(_owner(request), response_id)
+    record = await app_state(request).responses.get(request_owner(request), response_id)
     return JSONResponse(jsonable_encoder(stored.page(record, limit=limit, order=order,
                                                      after=after)))

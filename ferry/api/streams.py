@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from ferry.api.deps import app_state
+from ferry.api.middleware import request_owner
 from ferry.sse import EventStreamResponse
 from ferry.streams import check_conv_id
 
@@ -20,15 +21,11 @@ class LookupRequest(BaseModel):
     conversation_ids: list[str] = Field(max_length=1000)
 
 
-def _owner(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("api_key")
-
-
 async def _replay(request: Request, conv_id: str, offset: int | None,
                   last_event_id: str | None) -> EventStreamResponse:
     state = app_state(request)
     body = await state.sessions.store.replay(
-        conv_id, _owner(request), offset=offset or 0,
+        conv_id, request_owner(request), offset=offset or 0,
         last_event_id=last_event_id if offset is None else None)
     s = state.settings
     return EventStreamResponse(body, ping_interval=0, send_timeout=s.send_timeout,
@@ -50,7 +47,7 @@ async def replay_stream(request: Request, conv_id: str,
 @router.delete("/v1/stream", status_code=204)
 async def delete_stream(request: Request, conv_id: str) -> Response:
     check_conv_id(conv_id, param="conv_id")
-    await app_state(request).sessions.store.delete(conv_id, _owner(request))
+    await app_state(request).sessions.store.delete(conv_id, request_owner(request))
     return Response(status_code=204)
 
 
@@ -63,7 +60,7 @@ async def lookup_streams(body: LookupRequest, request: Request,
     ``--streams-lookup-format llama-server``."""
     ids = [check_conv_id(c, param="conversation_ids") for c in body.conversation_ids]
     state = app_state(request)
-    infos = await state.sessions.store.lookup(ids, _owner(request))
+    infos = await state.sessions.store.lookup(ids, request_owner(request))
     if (format or state.settings.streams_lookup_format) == "llama-server":
         return JSONResponse([{"conversation_id": i.conversation_id, "is_done": i.is_done,
                               "total_bytes": i.total_bytes, "started_at": int(i.started_at),

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 
 from ferry import __version__
 from ferry.api import errors as api_errors
-from ferry.api.middleware import FerryMiddleware
+from ferry.api.middleware import FerryMiddleware, request_owner
 from ferry.api.responses import router as responses_router
 from ferry.api.routes import until_disconnect
 from ferry.api.streams import router as streams_router
@@ -203,7 +203,7 @@ async def forward(request: Request, api: str, stream: bool, background: bool = F
     prefer = await fs.registry.pinned(previous) if isinstance(previous, str) else None
     route = RouteHint(key=conv_key or previous, text=_prompt_text(api, body),
                       policy=s.ray_routing, prefer=prefer)
-    owner = request.scope.get("state", {}).get("api_key")
+    owner = request_owner(request)
     if not stream or background:
         cancel = _Cancel()
         reply, result = await until_disconnect(

@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -143,7 +144,7 @@ class EngineReplica:
             await asyncio.shield(pump)
             return
         try:
-            async for chunk in encoded(run.events):
+            async for chunk in coalesced(encoded(run.events)):
                 yield chunk
         finally:
             run.gen.cancel()
@@ -188,6 +189,45 @@ class EngineReplica:
         await self.registry.forget(self.id)
         await self.registry.close()
         await self.state.close()
+
+
+async def coalesced(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` with every chunk that is ready joined into one: each item of a Ray streaming
+    call costs a serialization and a message whatever its size, so while the consumer takes its
+    time the engine's steps pile up here and leave as one item (one per step when it keeps up).
+
+    Invariants: bytes and their order are unchanged; an error of ``chunks`` is raised after the
+    bytes read before it; closing this generator cancels the reader and closes ``chunks``."""
+    ready: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for chunk in chunks:
+                ready.put_nowait(chunk)
+        except Exception as e:  # delivered in order, after what was read before it
+            ready.put_nowait(e)
+        else:
+            ready.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            parts, end = [await ready.get()], False
+            while not ready.empty():
+                parts.append(ready.get_nowait())
+            if not isinstance(parts[-1], bytes):
+                end, tail = True, parts.pop()
+            if parts:
+                yield b"".join(parts)  # type: ignore[arg-type]
+            if end:
+                if tail is not None:
+                    raise tail
+                return
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await chunks.aclose()  # type: ignore[attr-defined]
 
 
 def _replica_id() -> str:
