@@ -87,8 +87,8 @@ class _Escaper:
 def control_pattern(model: Model) -> re.Pattern[str] | None:
     """A regex matching the text of any of the model's control tokens (longest first), cached on
     the model."""
-    cached = getattr(model, "_control_pattern", False)
-    if cached is not False:
+    cached = getattr(model, "_control_pattern", False)  # False: not computed yet
+    if cached is None or isinstance(cached, re.Pattern):
         return cached
     texts = {model.pieces[t].decode("utf-8", "replace") for t in model.control_ids}
     texts.discard("")

@@ -87,13 +87,15 @@ class DraftModel:
             room = min(d.policy.length, seq.max_tokens - len(seq.generated) - 1)
             if room <= 0 or d.policy.paused() or budget <= 0:
                 continue
+            assert seq.slot is not None  # a running sequence owns its slot
             hist = seq.all_tokens
-            keep = self._sync(seq, d, hist)
+            keep = self._sync(seq.slot, d, hist)
             self._held[seq.slot] = seq.id
             todo = hist[keep:]
             done = len(todo) <= budget
             todo = todo[:budget]
             plan.work.append(Work(seq, todo, keep, done))
+            assert d.kv is not None  # _sync started it
             d.kv.extend(todo)
             budget -= len(todo)
             if done:
@@ -104,17 +106,17 @@ class DraftModel:
             for sid, row in rows.items():
                 seq, room = want[sid]
                 d = seq.drafter
-                assert isinstance(d, ModelDrafter)
+                assert isinstance(d, ModelDrafter) and d.kv is not None  # synced above
                 d.pending.append(int(np.argmax(self.runner.logits(row))))
                 if len(d.pending) < room:  # decode the new draft token to draft the next one
                     plan.work.append(Work(seq, [d.pending[-1]], len(d.kv), True))
                     d.kv.append(d.pending[-1])
 
-    def _sync(self, seq: Sequence, d: ModelDrafter, hist: list[int]) -> int:
-        """Trim the draft slot to its longest prefix that agrees with ``hist``, minus at least the
+    def _sync(self, slot: int, d: ModelDrafter, hist: list[int]) -> int:
+        """Trim draft slot ``slot`` to its longest prefix that agrees with ``hist``, minus at least the
         last history token (re-decoded for its logits); return how many cells are kept."""
         if d.kv is None:
-            self.runner.clear_slot(seq.slot)
+            self.runner.clear_slot(slot)
             d.kv = []
         keep = 0
         n = min(len(d.kv), len(hist) - 1)
@@ -125,7 +127,7 @@ class DraftModel:
         while keep < n and d.kv[keep] == hist[keep]:
             keep += 1
         if keep < len(d.kv):
-            keep = self.runner.trim(seq.slot, keep)  # 0 if the draft's memory refused
+            keep = self.runner.trim(slot, keep)  # 0 if the draft's memory refused
             del d.kv[keep:]
         return keep
 

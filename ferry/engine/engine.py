@@ -280,6 +280,7 @@ class Engine:
                 self.spec_drafted += len(w.draft)
                 self.spec_accepted += len(toks) - 1
                 if finish is None and len(toks) - 1 < len(w.draft):  # drop the rejected drafts
+                    assert seq.slot is not None  # a running sequence owns its slot
                     kept = self.runner.trim(seq.slot, seq.num_computed)
                     if kept < seq.num_computed:  # the memory refused: recompute what it held
                         self.scheduler.kv_lost(seq, kept)
@@ -322,6 +323,7 @@ class Engine:
             c.accept(tok)
         lp = None
         if seq.params.logprobs and tok not in model.eog_ids:
+            assert logits is not None  # read above when logprobs are asked for
             lp = sampling.token_logprob(logits, tok, seq.params.top_logprobs, model.pieces)
         self.tokens_generated += 1
         if tok in model.eog_ids:

@@ -31,8 +31,7 @@ def make_sampler(params: SamplingParams, n_vocab: int) -> ll.llama_sampler_p:
     if params.logit_bias:
         arr = (ll.llama_logit_bias * len(params.logit_bias))()
         for i, (tok, bias) in enumerate(params.logit_bias.items()):
-            arr[i].token = tok
-            arr[i].bias = bias
+            arr[i] = ll.llama_logit_bias(token=tok, bias=bias)
         add(ll.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
     if (params.repeat_penalty != 1.0 or params.frequency_penalty != 0.0
             or params.presence_penalty != 0.0):

@@ -210,7 +210,10 @@ class Scheduler:
         if src.status is Status.RUNNING and src.num_computed < n:
             return False
         seq.share_from = None
-        if src.status is Status.RUNNING and n > seq.num_computed and self._keep(src.slot, n) == n:
+        if src.status is not Status.RUNNING or n <= seq.num_computed:
+            return True
+        assert src.slot is not None and seq.slot is not None  # running sequences own slots
+        if self._keep(src.slot, n) == n:
             plan.copies.append((src.slot, seq.slot, n))
             self.stats.prefix_hits += seq.num_cached == 0
             self.stats.prefix_cached_tokens += n - seq.num_cached
@@ -362,7 +365,7 @@ class Scheduler:
             self.stats.prefix_hits += 1
             self.stats.prefix_cached_tokens += k
         src, n = self._best_running(seq)
-        if n >= k + self.min_share:
+        if src is not None and n >= k + self.min_share:
             seq.share_from = (src, n)
 
     def _resume(self, seq: Sequence, plan: StepPlan) -> None:

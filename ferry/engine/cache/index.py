@@ -17,8 +17,11 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 BLOCK = 16
+
+K = TypeVar("K", bound=Hashable)  # an entry id
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -44,30 +47,31 @@ def _keys(ns: Hashable, tokens: list[int], n_blocks: int) -> list[int]:
     return keys
 
 
-class PrefixIndex:
-    """Entries (hashable ids) with their namespace and tokens; see the module docstring."""
+class PrefixIndex(Generic[K]):
+    """Entries (hashable ids of type ``K``) with their namespace and tokens; see the module
+    docstring."""
 
     def __init__(self) -> None:
-        self._table: dict[int, dict[Hashable, None]] = {}  # block key -> entries (ordered)
-        self._entries: dict[Hashable, tuple[Hashable, list[int], list[int]]] = {}
+        self._table: dict[int, dict[K, None]] = {}  # block key -> entries (ordered)
+        self._entries: dict[K, tuple[Hashable, list[int], list[int]]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, entry: Hashable) -> bool:
+    def __contains__(self, entry: K) -> bool:
         return entry in self._entries
 
-    def tokens(self, entry: Hashable) -> list[int]:
+    def tokens(self, entry: K) -> list[int]:
         return self._entries[entry][1]
 
-    def add(self, entry: Hashable, ns: Hashable, tokens: list[int]) -> None:
+    def add(self, entry: K, ns: Hashable, tokens: list[int]) -> None:
         assert entry not in self._entries, entry
         keys = _keys(ns, tokens, len(tokens) // BLOCK)
         self._entries[entry] = (ns, tokens, keys)
         for k in keys:
             self._table.setdefault(k, {})[entry] = None
 
-    def remove(self, entry: Hashable) -> None:
+    def remove(self, entry: K) -> None:
         _, _, keys = self._entries.pop(entry)
         for k in keys:
             holders = self._table[k]
@@ -75,7 +79,7 @@ class PrefixIndex:
             if not holders:
                 del self._table[k]
 
-    def touch(self, entry: Hashable) -> None:
+    def touch(self, entry: K) -> None:
         """Make ``entry`` the most recent among equals (re-insert at the end of each block)."""
         _, _, keys = self._entries[entry]
         for k in keys:
@@ -83,9 +87,9 @@ class PrefixIndex:
             del holders[entry]
             holders[entry] = None
 
-    def longest(self, ns: Hashable, tokens: list[int]) -> tuple[Hashable | None, int]:
+    def longest(self, ns: Hashable, tokens: list[int]) -> tuple[K | None, int]:
         """The entry of ``ns`` sharing the longest prefix with ``tokens``, and that length."""
-        holders: dict[Hashable, None] | None = None
+        holders: dict[K, None] | None = None
         h = hash(ns)
         for i in range(len(tokens) // BLOCK):
             h = hash((h, tuple(tokens[i * BLOCK:(i + 1) * BLOCK])))
@@ -93,7 +97,8 @@ class PrefixIndex:
             if not nxt:
                 break
             holders = nxt
-        best, best_n = None, 0
+        best: K | None = None
+        best_n = 0
         for entry in reversed(holders or {}):  # newest first: ties keep the newest
             e_ns, e_tokens, _ = self._entries[entry]
             if e_ns != ns:
@@ -103,10 +108,10 @@ class PrefixIndex:
                 best, best_n = entry, n
         return best, best_n
 
-    def covered_by(self, ns: Hashable, tokens: list[int]) -> list[Hashable]:
+    def covered_by(self, ns: Hashable, tokens: list[int]) -> list[K]:
         """Entries of ``ns`` whose tokens are a prefix of ``tokens`` (redundant once ``tokens``
         is cached)."""
-        found = []
+        found: list[K] = []
         h = hash(ns)
         for i in range(len(tokens) // BLOCK):
             h = hash((h, tuple(tokens[i * BLOCK:(i + 1) * BLOCK])))

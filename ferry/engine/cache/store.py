@@ -86,7 +86,7 @@ class PromptCache:
         self.keep = keep or (lambda seq_id, n: n)
         self.ram_budget = ram_budget
         self.min_restore = max(min_restore, BLOCK)
-        self.index = PrefixIndex()
+        self.index: PrefixIndex[int] = PrefixIndex()
         self.entries: OrderedDict[int, Entry] = OrderedDict()  # least recently used first
         self.pool_cells = 0
         self.ram_bytes = 0
