@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,7 +18,6 @@ from ferry.protocol.openai import (
     TokenizeRequest,
 )
 from ferry.services import completions as svc
-from ferry.services.generation import Generation
 
 if TYPE_CHECKING:
     from ferry.app import AppState
@@ -27,7 +26,14 @@ T = TypeVar("T")
 router = APIRouter()
 
 
-async def until_disconnect(request: Request, work: Awaitable[T], gen: Generation) -> T:
+class Cancellable(Protocol):
+    """What a client's disconnect cancels: a ``Generation`` (or a stand-in that cancels nothing
+    when the work task's cancellation suffices)."""
+
+    def cancel(self) -> None: ...
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], gen: Cancellable) -> T:
     """Run ``work``; if the client disconnects first, cancel the generation (non-streaming)."""
     task = asyncio.ensure_future(work)
 

@@ -62,7 +62,8 @@ class FrontDoor:
     """Runs Ferry's uvicorn server (half-close protocol) on ``port + local rank`` of its node,
     on this replica's event loop; the app calls the engines through ``engines``."""
 
-    async def __init__(self, settings: dict, engines: Any) -> None:
+    # Serve awaits an async constructor; mypy wants __init__ to return None, not a coroutine
+    async def __init__(self, settings: dict, engines: Any) -> None:  # type: ignore[misc]
         import uvicorn
 
         from ferry.deploy.front import Engines, create_front_app
@@ -95,6 +96,7 @@ def build(args: dict[str, Any]) -> serve.Application:
     if not s.stream_store.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("a Ray deployment needs a shared stream store: --stream-store redis://...")
     fields = s.model_dump(mode="json", exclude=set(LAUNCH_FIELDS))
-    engine = serve.deployment(EngineReplica, name=ENGINE, **engine_options(s))
-    front = serve.deployment(FrontDoor, name=FRONT, **front_options(s))
+    # serve.deployment(cls, ...) is annotated as returning the decorator; apply the decorator
+    engine = serve.deployment(name=ENGINE, **engine_options(s))(EngineReplica)
+    front = serve.deployment(name=FRONT, **front_options(s))(FrontDoor)
     return front.bind(fields, engine.bind(fields, APP_NAME))

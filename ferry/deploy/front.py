@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -79,7 +79,7 @@ class Engines:
         self._streaming = handle.options(stream=True)
 
     async def stream(self, api: str, body: dict, route: RouteHint, conv_id: str | None,
-                     owner: str | None) -> tuple[Reply, AsyncIterator[bytes]]:
+                     owner: str | None) -> tuple[Reply, AsyncGenerator[bytes, None]]:
         call = self._streaming.stream.remote(api, body, route=route, conv_id=conv_id, owner=owner)
         try:
             reply = await call.__anext__()
@@ -90,7 +90,7 @@ class Engines:
             raise
         return reply, self._rest(call)
 
-    async def _rest(self, call) -> AsyncIterator[bytes]:
+    async def _rest(self, call) -> AsyncGenerator[bytes, None]:
         done = False
         try:
             async for chunk in call:
@@ -207,17 +207,18 @@ async def forward(request: Request, api: str, stream: bool, background: bool = F
     if not stream or background:
         cancel = _Cancel()
         reply, result = await until_disconnect(
-            request, fs.engines.complete(api, body, route, owner), cancel)  # type: ignore[arg-type]
+            request, fs.engines.complete(api, body, route, owner), cancel)
         if reply.status != 200:
             raise remote_error(reply)
         if not stream:
             return JSONResponse(result, headers={REPLICA_HEADER: reply.replica})
+        assert result is not None  # a background response's snapshot (status 200)
         events = await stored.replay(fs.responses, fs.sessions.store, owner, result["id"], None)
         return EventStreamResponse(events, ping_interval=0, send_timeout=s.send_timeout,
                                    headers={REPLICA_HEADER: reply.replica})
     reply, chunks = await fs.engines.stream(api, body, route, conv_id, owner)
     if reply.status != 200:
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
         raise remote_error(reply)
     headers = {REPLICA_HEADER: reply.replica}
     if conv_id is None:

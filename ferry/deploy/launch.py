@@ -87,8 +87,8 @@ def serve_ray(s: Settings) -> int:
     stop = threading.Event()
     local = s.ray_address is None
     ray.init(address=s.ray_address, namespace="serve", include_dashboard=False,
-             **({"num_cpus": _cpus_needed(config), "object_store_memory": OBJECT_STORE_BYTES}
-                if local else {}))
+             num_cpus=_cpus_needed(config) if local else None,  # None: ray.init's default
+             object_store_memory=OBJECT_STORE_BYTES if local else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:

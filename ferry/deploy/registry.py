@@ -61,7 +61,7 @@ class ReplicaRegistry:
             value = await self._redis.get(self._pins + key)
         except (RedisError, OSError):
             return None
-        return value.decode() if value is not None else None
+        return value.decode() if isinstance(value, bytes) else value  # bytes: no decode_responses
 
     async def forget(self, replica: str) -> None:
         try:

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fastapi.exceptions import RequestValidationError
@@ -66,7 +66,7 @@ class _Run:
     response) the snapshot answered at once while it runs on in its session."""
 
     gen: Generation
-    events: AsyncIterator | None
+    events: AsyncGenerator | None  # None (like result) only for a background response
     result: Callable[[], Awaitable[dict]] | None
     snapshot: dict | None = None
 
@@ -81,7 +81,8 @@ def _validate(model, body: dict):
 class EngineReplica:
     """Deployed by ``ferry.deploy.app``; ``settings`` are ``Settings`` fields as a dict."""
 
-    async def __init__(self, settings: dict, app_name: str = "ferry") -> None:
+    # Serve awaits an async constructor; mypy wants __init__ to return None, not a coroutine
+    async def __init__(self, settings: dict, app_name: str = "ferry") -> None:  # type: ignore[misc]
         """Loads the models before Ray marks the replica running (Serve awaits this)."""
         self.settings = Settings(**settings)
         self.state = AppState(self.settings)
@@ -113,16 +114,17 @@ class EngineReplica:
         req = _validate(ChatCompletionRequest if api == "chat" else CompletionRequest, body)
         if req.n > self.settings.max_n:
             raise InvalidRequest(f"n must be at most {self.settings.max_n}", param="n")
+        job: svc.ChatJob | svc.CompletionJob
         async with s.models.acquire(req.model, "chat") as cm:
             if api == "chat":
                 job = await svc.prepare_chat_async(req, cm, s.images)
             else:
-                job = svc.prepare_completion(req, cm)  # type: ignore[arg-type]
+                job = svc.prepare_completion(req, cm)
             gen = job.start()
-        if api == "chat":
+        if isinstance(job, svc.ChatJob):
             return _Run(gen, svc.chat_stream(job, gen), functools.partial(svc.chat_response, job, gen))
-        return _Run(gen, svc.completion_stream(job, gen),  # type: ignore[arg-type]
-                    functools.partial(svc.completion_response, job, gen))  # type: ignore[arg-type]
+        return _Run(gen, svc.completion_stream(job, gen),
+                    functools.partial(svc.completion_response, job, gen))
 
     async def stream(self, api: str, body: dict, *, route: RouteHint | None = None,
                      conv_id: str | None = None, owner: str | None = None
@@ -131,6 +133,7 @@ class EngineReplica:
         try:
             run = await self._start(api, body, owner)
             if run.snapshot is None and conv_id is not None:
+                assert run.events is not None  # not a background response
                 pump = await self.state.sessions.start(conv_id, owner, run.events, run.gen)
         except FerryError as e:
             yield Reply.error(self.id, e)
@@ -143,6 +146,7 @@ class EngineReplica:
             # loaded routing, autoscaling); cancelling the call does not stop the generation.
             await asyncio.shield(pump)
             return
+        assert run.events is not None  # not a background response
         try:
             async for chunk in coalesced(encoded(run.events)):
                 yield chunk
@@ -159,6 +163,7 @@ class EngineReplica:
             return Reply.error(self.id, e), None
         if run.snapshot is not None:
             return Reply(self.id), run.snapshot
+        assert run.events is not None and run.result is not None  # not a background response
         await run.events.aclose()  # the stream view is not used
         try:
             return Reply(self.id), await run.result()
@@ -191,7 +196,7 @@ class EngineReplica:
         await self.state.close()
 
 
-async def coalesced(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def coalesced(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """``chunks`` with every chunk that is ready joined into one: each item of a Ray streaming
     call costs a serialization and a message whatever its size, so while the consumer takes its
     time the engine's steps pile up here and leave as one item (one per step when it keeps up).
@@ -212,14 +217,14 @@ async def coalesced(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     reader = asyncio.create_task(read())
     try:
         while True:
-            parts, end = [await ready.get()], False
+            items = [await ready.get()]
             while not ready.empty():
-                parts.append(ready.get_nowait())
-            if not isinstance(parts[-1], bytes):
-                end, tail = True, parts.pop()
+                items.append(ready.get_nowait())
+            tail = items[-1]  # None or an error ends the stream (nothing is put after it)
+            parts = [x for x in items if isinstance(x, bytes)]
             if parts:
-                yield b"".join(parts)  # type: ignore[arg-type]
-            if end:
+                yield b"".join(parts)
+            if not isinstance(tail, bytes):
                 if tail is not None:
                     raise tail
                 return
@@ -227,7 +232,7 @@ async def coalesced(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        await chunks.aclose()  # type: ignore[attr-defined]
+        await chunks.aclose()
 
 
 def _replica_id() -> str:

@@ -26,7 +26,9 @@ class FerryRequestRouter(RequestRouter):
     """Conversation affinity, then longest cached prefix, then least loaded (Serve probes the
     queue lengths of a rank and picks the shortest)."""
 
-    def initialize_state(self, min_match: float = 0.1, imbalance: int = 8) -> None:
+    # Serve passes request_router_kwargs; Ray's base declares **kwargs, and routers name theirs
+    def initialize_state(  # type: ignore[override]
+            self, min_match: float = 0.1, imbalance: int = 8) -> None:
         self.table = RouteTable(min_match=min_match, imbalance=imbalance)
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,7 +219,7 @@ def _chunker(req: SamplingRequest, model_id: str, prefix: str, obj: str) -> Call
     return chunk
 
 
-async def chat_stream(job: ChatJob, gen: Generation) -> AsyncIterator[Event | object]:
+async def chat_stream(job: ChatJob, gen: Generation) -> AsyncGenerator[Event | object, None]:
     chunk = _chunker(job.req, job.model.id, "chatcmpl", "chat.completion.chunk")
 
     parsers = [tools.ToolStreamParser() if job.tools else None for _ in range(job.req.n)]
@@ -325,7 +325,8 @@ async def completion_response(job: CompletionJob, gen: Generation) -> dict:
             "system_fingerprint": FINGERPRINT, "choices": choices, "usage": gen.usage()}
 
 
-async def completion_stream(job: CompletionJob, gen: Generation) -> AsyncIterator[Event | object]:
+async def completion_stream(job: CompletionJob, gen: Generation
+                            ) -> AsyncGenerator[Event | object, None]:
     chunk = _chunker(job.req, job.model.id, "cmpl", "text_completion")
 
     offsets = [0] * (len(job.prompts) * job.req.n)

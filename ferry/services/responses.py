@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -181,7 +181,7 @@ def _sse(ev: dict) -> Event:
 
 
 async def events(run: ResponseRun, gen: Generation, *, raise_errors: bool = False
-                 ) -> AsyncIterator[Event]:
+                 ) -> AsyncGenerator[Event, None]:
     """The response's stream events; the record is saved before the terminal one."""
     b = ResponseEvents(run.record.response, logprobs=run.req.logprobs)
     for ev in b.created():

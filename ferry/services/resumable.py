@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from ferry.errors import FerryError
 from ferry.services.generation import Generation
@@ -24,7 +24,7 @@ from ferry.streams import Session, StreamStore
 log = logging.getLogger(__name__)
 
 
-async def guarded(events: AsyncIterator) -> AsyncIterator:
+async def guarded(events: AsyncIterator) -> AsyncGenerator:
     """Pass events through; a FerryError raised after the stream started becomes a
     ``data: {"error": ...}`` event and the stream ends cleanly."""
     try:
@@ -34,7 +34,7 @@ async def guarded(events: AsyncIterator) -> AsyncIterator:
         yield Event(e.to_body())
 
 
-async def encoded(events: AsyncIterator) -> AsyncIterator[bytes]:
+async def encoded(events: AsyncIterator) -> AsyncGenerator[bytes, None]:
     """A plain (not resumable) stream's bytes."""
     async for ev in guarded(events):
         yield encode(ev)
@@ -68,7 +68,7 @@ class StreamSessions:
     async def _pump(self, session: Session, events: AsyncIterator, gen: Generation) -> None:
         watch = asyncio.create_task(session.cancelled.wait())
         watch.add_done_callback(lambda _: gen.cancel())
-        chunks = guarded(events).__aiter__()
+        chunks = guarded(events)  # an async generator is its own iterator
         try:
             async with session:
                 nxt = asyncio.ensure_future(chunks.__anext__())
