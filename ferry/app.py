@@ -113,8 +113,8 @@ class AppState:
         if self.settings.models_config:
             specs += [_config_spec(s) for s in load_models_config(self.settings.models_config)]
         i = next((i for i, s in enumerate(specs) if s.kind == "chat"), None)
-        if i is not None and specs[i].hub and not specs[i].path:  # the default loads at start-up
-            name = hub.parse(specs[i].hub)
+        if i is not None and (ref := specs[i].hub) and not specs[i].path:  # loads at start-up
+            name = hub.parse(ref)
             specs[i] = dataclasses.replace(specs[i], path=hub.resolve(name) if name else "")
         if not any(s.kind == "embedding" for s in specs):
             try:

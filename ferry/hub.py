@@ -19,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal, overload
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ def parse(name: str) -> HubRef | None:
         return None
     m = _NAME_RE.match(name)
     return HubRef(m["repo"], m["rev"], quant=m["quant"]) if m else None
+
+
+@overload
+def resolve(ref: HubRef, *, download: Literal[True] = True) -> str: ...
+
+
+@overload
+def resolve(ref: HubRef, *, download: bool) -> str | None: ...
 
 
 def resolve(ref: HubRef, *, download: bool = True) -> str | None:

@@ -55,7 +55,7 @@ class HalfCloseProtocol(HttpToolsProtocol):
     admitted: set[HalfCloseProtocol]  # per server: set by uvicorn_config's subclass
     _over_limit = False
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -109,7 +109,9 @@ class HalfCloseProtocol(HttpToolsProtocol):
         if not in_flight and not self.transport.is_closing():
             self.transport.close()
 
-    def eof_received(self) -> bool | None:
+    # asyncio.Protocol.eof_received returns bool | None (True keeps the transport half-open);
+    # uvicorn's annotation narrows it to None
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         cycle = self.cycle
         if cycle is None or cycle.response_complete or cycle.more_body:
             return None  # idle keep-alive connection or a truncated request: close
@@ -140,9 +142,10 @@ def uvicorn_config(app, settings: Settings) -> uvicorn.Config:
                      "max_connections": settings.max_connections, "admitted": set()})
     # JSON lines: uvicorn's loggers propagate to the root's JSON handler instead of their own
     log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    grace = settings.shutdown_timeout  # uvicorn annotates int; it goes to asyncio.wait_for
     return uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop",
                           http=protocol, lifespan="on", access_log=False,
-                          timeout_graceful_shutdown=settings.shutdown_timeout,
+                          timeout_graceful_shutdown=grace,  # type: ignore[arg-type]
                           log_level=settings.log_level.lower(), server_header=False,
                           ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile,
                           log_config=log_config)

@@ -32,6 +32,7 @@ Endpoint = Literal["chat", "completions", "responses", "messages"]
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
                          "responses": "/v1/responses", "messages": "/v1/messages"}
 ENDPOINTS: tuple[str, ...] = tuple(PATHS)
+STOP_REASONS = {"max_tokens": "length", "end_turn": "stop"}  # Anthropic's -> OpenAI's finish
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _messages_step(data: str) -> Step:
         return Step(text=delta.get("text") or "" if delta.get("type") == "text_delta" else "")
     if kind == "message_delta":
         stop = (ev.get("delta") or {}).get("stop_reason")
-        finish = {"max_tokens": "length", "end_turn": "stop"}.get(stop, stop)
+        finish = None if stop is None else STOP_REASONS.get(stop, stop)
         return Step(finish=finish, usage_tokens=(ev.get("usage") or {}).get("output_tokens"))
     if kind == "message_stop":
         return Step(done=True)

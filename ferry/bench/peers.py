@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from ferry.bench.client import Endpoint
+
 PEER_NAMES = ("ferry", "llama-server", "llama-cpp-python")
 STOP_GRACE_S = 10.0
 # Process groups of servers started and not yet stopped. Module state on purpose: it must outlive
@@ -204,7 +206,7 @@ class Target:
     name: str
     url: str | None = None  # set for --url targets
     peer: str | None = None  # set for --vs targets
-    endpoint: str | None = None  # the API to measure it through (None: the run's --endpoint)
+    endpoint: Endpoint | None = None  # the API to measure it through (None: the run's --endpoint)
 
     @contextlib.asynccontextmanager
     async def serving(

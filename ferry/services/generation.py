@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ferry.engine.engine import Engine
 from ferry.engine.sequence import ImageSpan, Output, SamplingParams, Sequence
@@ -40,13 +40,16 @@ class Generation:
                         p = dataclasses.replace(params, seed=seed,
                                                 logit_bias=dict(params.logit_bias))
                     idx = i * n + j
-                    self.seqs.append(engine.submit(prompt, p, max_tokens[i],
-                                                   lambda o, idx=idx: self._q.put_nowait((idx, o)),
+                    self.seqs.append(engine.submit(prompt, p, max_tokens[i], self._sink(idx),
                                                    images, cache_ns))
         except FerryError:
             self.cancel()
             raise
         self._open = len(self.seqs)
+
+    def _sink(self, idx: int) -> Callable[[Output], None]:
+        """Where the engine delivers choice ``idx``'s outputs."""
+        return lambda o: self._q.put_nowait((idx, o))
 
     def cancel(self) -> None:
         for s in self.seqs:

@@ -273,7 +273,9 @@ class ModelRegistry:
             from ferry import hub
 
             try:
-                path = await asyncio.to_thread(hub.resolve, hub.parse(s.spec.hub))
+                ref = hub.parse(s.spec.hub)
+                assert ref is not None  # spec.hub is only ever set to a parsed HubRef's name
+                path = await asyncio.to_thread(hub.resolve, ref)
             except hub.HubError as e:
                 raise ServiceUnavailable(str(e), code="model_download_failed") from None
             s.spec = dataclasses.replace(s.spec, path=path or "")

@@ -107,6 +107,7 @@ class ResponseEvents:
         deltas = _delta_logprobs(lp) if self.logprobs else []
         if self.logprobs and lp:
             self._lps += lp.get("content") or []
+        assert self._item is not None  # the message opened above
         out.append(self._ev("response.output_text.delta", item_id=self._item["id"],
                             output_index=self._index(), content_index=0, delta=text,
                             logprobs=deltas))
@@ -123,11 +124,11 @@ class ResponseEvents:
             self.response["output"].append(item)
             out.append(self._ev("response.output_item.added", output_index=self._index(),
                                 item=dict(item)))
-        item = self._calls.get(tc.get("index", 0))
-        if item is not None and fn.get("arguments"):
-            item["arguments"] += fn["arguments"]
-            out.append(self._ev("response.function_call_arguments.delta", item_id=item["id"],
-                                output_index=self.response["output"].index(item),
+        call = self._calls.get(tc.get("index", 0))
+        if call is not None and fn.get("arguments"):
+            call["arguments"] += fn["arguments"]
+            out.append(self._ev("response.function_call_arguments.delta", item_id=call["id"],
+                                output_index=self.response["output"].index(call),
                                 delta=fn["arguments"]))
         return out
 

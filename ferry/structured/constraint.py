@@ -42,7 +42,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import llama_cpp
 import llguidance
@@ -52,8 +52,12 @@ from ferry.errors import InvalidRequest, Unsupported
 from ferry.structured.schema_check import check_schema
 from ferry.structured.vocab import TokenVocab
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # declared in the stub only
+
 # The only whitespace a constrained output contains: one space after ',' and ':'.
-_JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_JSON_OPTIONS: JsonCompileOptions = {
+    "whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _CACHE_SIZE = 128
 # Additive bias per mask byte: _BYTE_BIAS[b, k] is 0.0 if bit k of b is set, else -inf.
 _BYTE_BIAS = np.where(
