@@ -1,13 +1,17 @@
 """ferry bench: statistics, and the client driven end to end against real servers.
 
 The always-on end-to-end tests use a tiny real SSE server (Starlette + sse-starlette on uvicorn, on a
-free port) that streams OpenAI-format chunks at a known pace, so measured numbers can be checked.
+free port) that streams OpenAI-format chunks at a known pace, so measured numbers can be checked;
+it records every request body and the text it streamed back, so the prompts and conversation
+histories the bench sends can be checked too.
 The llama-server tests run only where the peer binary has been built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import json
 import os
 import socket
@@ -25,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ferry.bench.cli import main
+from ferry.bench.cli import DEFAULT_PROMPT, main
 from ferry.bench.peers import (
     ServerSettings,
     cached_llama_server,
@@ -33,11 +37,12 @@ from ferry.bench.peers import (
     free_port,
     managed_server,
 )
-from ferry.bench.report import Row, ratios, table
+from ferry.bench.report import TURN_COLUMNS, Row, ratios, table
 from ferry.bench.stats import LevelSummary, RequestResult, percentile, summarize, tokens_per_second
 
 TOKEN_DELAY_S = 0.02  # the tiny server's pace between content chunks
 EOS_AFTER = 3  # tokens the tiny server emits when ignore_eos is not set
+FOLLOW_UP_DELAY_S = 0.15  # the tiny chat server's extra wait before a follow-up turn's first token
 
 
 # --- statistics -----------------------------------------------------------------------------------
@@ -112,9 +117,22 @@ def test_rounds_must_be_a_positive_integer(capsys) -> None:
 
 
 class TinyStats:
-    in_flight = 0
-    max_in_flight = 0
-    requests = 0
+    """What the tiny server saw: request bodies in arrival order and the text it streamed back."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.requests = 0
+        self.bodies: list[dict[str, Any]] = []
+        self.answers: list[str] = []  # answers[k]: the content streamed for bodies[k]
+
+    def record(self, body: dict[str, Any], n: int) -> list[str]:
+        """Remember ``body``; return the ``n`` text chunks to stream, unique to this request."""
+        k = len(self.bodies)
+        pieces = [f"r{k}.{i} " for i in range(n)]
+        self.bodies.append(body)
+        self.answers.append("".join(pieces))
+        return pieces
 
 
 def _tiny_app() -> Starlette:
@@ -123,9 +141,10 @@ def _tiny_app() -> Starlette:
     async def completions(request: Request) -> Response:
         body = await request.json()
         endpoint = "chat" if request.url.path.endswith("/chat/completions") else "completions"
+        n = body["max_tokens"] if body.get("ignore_eos") else min(EOS_AFTER, body["max_tokens"])
+        pieces = stats.record(body, n)
         if body.get("model") == "broken":
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
-        n = body["max_tokens"] if body.get("ignore_eos") else min(EOS_AFTER, body["max_tokens"])
 
         def chunk(text: str | None, finish: str | None = None) -> str:
             if endpoint == "chat":
@@ -143,9 +162,11 @@ def _tiny_app() -> Starlette:
                     yield "not json"
                 if endpoint == "chat":  # a role-only first chunk, as OpenAI sends
                     yield json.dumps({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
-                for i in range(n):
+                if len(body.get("messages", [])) > 1:  # a follow-up turn: slower first token
+                    await asyncio.sleep(FOLLOW_UP_DELAY_S)
+                for i, piece in enumerate(pieces):
                     await asyncio.sleep(TOKEN_DELAY_S)
-                    yield chunk(f"t{i} ", "length" if i == n - 1 else None)
+                    yield chunk(piece, "length" if i == n - 1 else None)
                 if body["model"] == "cut":
                     return
                 if body["model"] != "no-usage" and body["stream_options"]["include_usage"]:
@@ -162,6 +183,7 @@ def _tiny_app() -> Starlette:
         responses = request.url.path.endswith("/responses")
         cap = body["max_output_tokens"] if responses else body["max_tokens"]
         n = cap if body.get("ignore_eos") else min(EOS_AFTER, cap)
+        pieces = stats.record(body, n)
 
         def ev(kind: str, **fields: Any) -> dict[str, str]:
             return {"event": kind, "data": json.dumps({"type": kind, **fields})}
@@ -169,12 +191,12 @@ def _tiny_app() -> Starlette:
         async def events() -> AsyncIterator[dict[str, str]]:
             stats.requests += 1
             yield ev("response.created" if responses else "message_start")
-            for i in range(n):
+            for piece in pieces:
                 await asyncio.sleep(TOKEN_DELAY_S)
                 if responses:
-                    yield ev("response.output_text.delta", delta=f"t{i} ")
+                    yield ev("response.output_text.delta", delta=piece)
                 else:
-                    yield ev("content_block_delta", delta={"type": "text_delta", "text": f"t{i}"})
+                    yield ev("content_block_delta", delta={"type": "text_delta", "text": piece})
             if responses:
                 yield ev("response.incomplete", response={"usage": {"output_tokens": n}})
             else:
@@ -341,6 +363,168 @@ def test_a_peer_that_exits_at_start_is_reported_with_status_two(tmp_path: Path, 
                  "--concurrency", "1", "--requests", "1"])  # fmt: skip
     assert code == 2
     assert "server exited with 1" in capsys.readouterr().err
+
+
+# --- scenarios: distinct prompts, multi-turn conversations --------------------------------------
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    return body["messages"][0]["content"] if "messages" in body else body["prompt"]
+
+
+def test_lead_words_differ_from_the_first_word_for_every_request_of_a_level() -> None:
+    from ferry.bench.words import WORDS, lead_words
+
+    firsts = [lead_words(i).split()[0].lower() for i in range(len(WORDS))]
+    assert len(set(firsts)) == len(WORDS)  # a level of up to len(WORDS) requests: all differ
+    assert len({lead_words(i) for i in range(len(WORDS) ** 2 + 5)}) == len(WORDS) ** 2 + 5
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions", "responses", "messages"])
+def test_distinct_prompts_start_with_their_own_words_on_every_api(endpoint: str) -> None:
+    from ferry.bench.client import RequestSpec
+
+    spec = RequestSpec(endpoint, "m", "Tell a story.", 8, True, None, 10.0, distinct=True)
+    prompts = []
+    for i in range(40):
+        body = spec.payload(i)
+        prompt = body.get("input") or _prompt(body)
+        assert prompt.endswith(". Tell a story.")
+        prompts.append(prompt)
+    assert len({p.split()[0] for p in prompts}) == 40
+    same = dataclasses.replace(spec, distinct=False)
+    assert {json.dumps(same.payload(i)) for i in range(3)} == {json.dumps(same.payload(0))}
+
+
+def test_distinct_prompts_share_no_first_word_within_a_run(tiny_server, capsys) -> None:
+    url, stats = tiny_server
+    args = ["--url", url, "--concurrency", "2", "--requests", "6", "--max-tokens", "2"]
+    code, [r] = _run_json(capsys, *args, "--distinct-prompts", "--warmup", "2")
+    assert code == 0 and r["requests"] == 6 and r["errors"] == 0
+    prompts = [_prompt(b) for b in stats.bodies]
+    assert len(prompts) == 8  # the warm-up requests too: they must warm no measured prompt
+    assert len({p.split()[0] for p in prompts}) == 8
+    assert all(p.endswith(DEFAULT_PROMPT) and p != DEFAULT_PROMPT for p in prompts)
+
+    stats.bodies.clear()
+    assert _run_json(capsys, *args)[0] == 0
+    assert {_prompt(b) for b in stats.bodies} == {DEFAULT_PROMPT}
+
+
+def _conversations(bodies: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Body indices per conversation (keyed by its opening message), in arrival order."""
+    out: dict[str, list[int]] = {}
+    for k, body in enumerate(bodies):
+        history = body["messages"] if "messages" in body else body["input"]
+        out.setdefault(history[0]["content"], []).append(k)
+    return out
+
+
+def _history(body: dict[str, Any]) -> list[dict[str, str]]:
+    return body["messages"] if "messages" in body else body["input"]
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "responses", "messages"])
+def test_each_turn_resends_the_history_with_the_answers_streamed_back(
+    tiny_server, capsys, endpoint: str
+) -> None:
+    url, stats = tiny_server
+    code, [r] = _run_json(
+        capsys, "--url", url, "--endpoint", endpoint, "--conversations", "3", "--turns", "3",
+        "--max-tokens", "3", "--warmup", "0",
+    )  # fmt: skip
+    assert code == 0
+    assert (r["concurrency"], r["requests"], r["errors"], r["output_tokens"]) == (3, 9, 0, 27)
+    conversations = _conversations(stats.bodies)
+    assert len(conversations) == 3 and all(len(ks) == 3 for ks in conversations.values())
+    documents = [opening.split("\n\n")[1] for opening in conversations]
+    assert len(set(documents)) == 3 and all(len(d.split()) >= 300 for d in documents)
+    for ks in conversations.values():
+        assert len(_history(stats.bodies[ks[0]])) == 1
+        for prev, k in itertools.pairwise(ks):
+            before, now = _history(stats.bodies[prev]), _history(stats.bodies[k])
+            assert now[:len(before)] == before
+            assert now[len(before)] == {"role": "assistant", "content": stats.answers[prev]}
+            assert now[len(before) + 1]["role"] == "user" and len(now) == len(before) + 2
+            assert now[-1]["content"] != before[-1]["content"]  # a new question
+
+
+def test_conversations_run_at_once_each_turn_after_the_previous(tiny_server, capsys) -> None:
+    url, stats = tiny_server
+    code, _ = _run_json(capsys, "--url", url, "--conversations", "3", "--turns", "2",
+                        "--max-tokens", "3", "--warmup", "0")  # fmt: skip
+    assert code == 0 and stats.requests == 6
+    assert stats.max_in_flight == 3  # all conversations at once, never more
+
+
+def test_follow_up_ttft_is_reported_apart_from_first_turn_ttft(tiny_server, capsys) -> None:
+    url, _ = tiny_server
+    args = ["--url", url, "--conversations", "2", "--turns", "3", "--max-tokens", "2"]
+    code, [r] = _run_json(capsys, *args)
+    assert code == 0
+    # the tiny server delays only follow-up turns' first token, by FOLLOW_UP_DELAY_S
+    assert r["follow_ttft_p50_s"] >= FOLLOW_UP_DELAY_S
+    assert r["follow_ttft_p50_s"] > r["first_ttft_p50_s"]
+    assert r["first_ttft_p99_s"] is not None and r["follow_ttft_p99_s"] is not None
+
+    assert main(args) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    for column in TURN_COLUMNS:
+        assert column in header
+
+
+def test_turn_ttfts_come_from_first_turns_and_from_later_turns() -> None:
+    results = [
+        RequestResult(ttft_s=0.1, output_tokens=1), RequestResult(ttft_s=0.3, output_tokens=1),
+        RequestResult(ttft_s=2.0, output_tokens=1, turn=1),
+        RequestResult(ttft_s=4.0, output_tokens=1, turn=2),
+        RequestResult(error="timed out", turn=3),
+    ]  # fmt: skip
+    s = summarize(results, concurrency=2, wall_s=1.0, max_tokens=1)
+    assert (s.first_ttft_p50_s, s.follow_ttft_p50_s) == pytest.approx((0.2, 3.0))
+    assert s.first_ttft_p99_s == pytest.approx(0.298)
+    assert s.follow_ttft_p99_s == pytest.approx(3.98)
+    lines = table([Row("a", "u", s)]).splitlines()
+    assert lines[0].split("  ")[-4:] == [c.rjust(len(c)) for c in TURN_COLUMNS]
+    assert lines[2].split()[-4:] == ["200.0", "298.0", "3000.0", "3980.0"]
+
+    single = summarize(results[:2], concurrency=2, wall_s=1.0, max_tokens=1)
+    assert single.first_ttft_p50_s is None and single.follow_ttft_p50_s is None
+    assert "follow TTFT" not in table([Row("a", "u", single)])
+    failed = summarize([results[0], RequestResult(error="x", turn=1)], concurrency=1,
+                       wall_s=1.0, max_tokens=1)  # fmt: skip
+    assert failed.follow_ttft_p50_s is None and "follow TTFT" in table([Row("a", "u", failed)])
+
+
+def test_a_conversation_stops_at_its_first_failed_turn(tiny_server, capsys) -> None:
+    url, stats = tiny_server
+    code, [r] = _run_json(capsys, "--url", url, "--model", "broken", "--conversations", "2",
+                          "--turns", "3", "--warmup", "0")  # fmt: skip
+    assert code == 1
+    assert (r["requests"], r["errors"], len(stats.bodies)) == (2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--conversations", "0"], "--conversations"),
+        (["--conversations", "abc"], "--conversations"),
+        (["--conversations", "2,-1"], "--conversations"),
+        (["--conversations", ""], "--conversations"),
+        (["--conversations", "2", "--turns", "0"], "--turns"),
+        (["--conversations", "2", "--turns", "x"], "--turns"),
+        (["--conversations", "2", "--endpoint", "completions"], "--endpoint"),
+        (["--conversations", "2", "--distinct-prompts"], "--distinct-prompts"),
+        (["--conversations", "2", "--requests", "5"], "--requests"),
+        (["--requests", "0"], "--requests"),
+        (["--distinct-prompts", "--requests", "-3"], "--requests"),
+    ],
+)
+def test_invalid_scenario_flags_exit_two_naming_the_flag(capsys, argv: list[str], flag: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--url", "http://127.0.0.1:9", *argv])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
 
 
 # --- the real llama-server peer --------------------------------------------------------------------

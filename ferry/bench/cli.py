@@ -3,6 +3,8 @@
     ferry bench --url http://127.0.0.1:8000 --concurrency 1,8 --json
     ferry bench --vs ferry --vs llama-server --concurrency 1,8,32
     ferry bench --vs ferry --endpoint chat,responses,messages --concurrency 8 --rounds 3
+    ferry bench --vs ferry --vs llama-server --distinct-prompts --concurrency 1,8,32 --rounds 3
+    ferry bench --vs ferry --vs llama-server --conversations 24 --turns 4 --parallel 8
 
 Exit status: 0 when every measured request succeeded, 1 when some failed, 2 when the run could
 not be made (bad arguments, a peer that would not start), 130 on Ctrl-C.
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--concurrency", type=_levels, default=[1, 8, 32], metavar="1,8,32")
     add("--distinct-prompts", action="store_true",
-        help="every request's prompt starts with its own words (no prefix shared across requests)")
+        help="every request's prompt starts with its own words (no prefix shared across requests, "
+             "warm-up included)")
     add("--conversations", type=_levels, metavar="24,64",
         help="multi-turn scenario: this many conversations at once (per level), each with its own "
              "~300-word document and --turns questions, resending the growing history; reports "
@@ -108,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--turns", type=_positive, default=4, help="turns per conversation (--conversations)")
     add("--parallel", type=_positive,
         help="slots of the servers started with --vs (default: the concurrency level)")
-    add("--requests", type=int, help="requests per level (default: max(8, 2 x concurrency))")
+    add("--requests", type=_positive,
+        help="requests per level (default: max(8, 2 x concurrency))")
     add("--rounds", type=_positive, default=1,
         help="measure each level this many times, alternating the target order (A B, B A, ...); "
              "prints each target's median ratio")
@@ -213,11 +217,26 @@ async def _run_cancellable(config: BenchConfig) -> list[Row]:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express; each error names the flags (exit status 2)."""
+    if not args.targets:
+        parser.error("give at least one --url or --vs")
+    if args.conversations:
+        if "completions" in args.endpoint:
+            parser.error("--conversations sends a message history: use --endpoint chat, "
+                         "responses or messages, not completions")
+        if args.distinct_prompts:
+            parser.error("--distinct-prompts does not apply to --conversations (each "
+                         "conversation has its own document already)")
+        if args.requests is not None:
+            parser.error("--requests does not apply to --conversations (a level sends "
+                         "conversations x --turns requests)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.targets:
-        parser.error("give at least one --url or --vs")
+    _check(parser, args)
     try:
         # server logs only matter while a server runs: PeerError quotes their tail
         with tempfile.TemporaryDirectory(prefix="ferry-bench-") as log_dir:

@@ -27,6 +27,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from ferry.bench.stats import RequestResult
+from ferry.bench.words import lead_words
 
 Endpoint = Literal["chat", "completions", "responses", "messages"]
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
@@ -47,15 +48,16 @@ class RequestSpec:
     api_key: str | None
     timeout_s: float
     extra_body: dict[str, Any] | None = None  # merged into every request (e.g. response_format)
-    distinct: bool = False  # request i's prompt starts with its own words (no shared prefix)
+    distinct: bool = False  # request i's prompt starts with lead_words(i) (no shared prefix)
 
     def payload(self, index: int = 0, messages: list[dict[str, str]] | None = None
                 ) -> dict[str, Any]:
-        """Request ``index``'s body; ``messages`` (chat) replace the single-prompt message."""
-        prompt = f"Request {index} of this run. {self.prompt}" if self.distinct else self.prompt
+        """Request ``index``'s body; ``messages`` (a conversation's history) replace the single
+        prompt on the chat-style APIs (chat, responses, messages)."""
+        prompt = f"{lead_words(index)}. {self.prompt}" if self.distinct else self.prompt
         body: dict[str, Any] = {"model": self.model, "temperature": 0, "stream": True}
         if self.endpoint == "responses":
-            body |= {"input": prompt, "max_output_tokens": self.max_tokens}
+            body |= {"input": messages or prompt, "max_output_tokens": self.max_tokens}
         elif self.endpoint == "messages":
             body |= {"messages": messages or [{"role": "user", "content": prompt}],
                      "max_tokens": self.max_tokens}
@@ -231,13 +233,15 @@ async def run_level(
     *,
     concurrency: int,
     n_requests: int,
+    first_index: int = 0,
     on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[RequestResult], float]:
-    """Send ``n_requests`` with ``concurrency`` in flight; return the results and the wall time."""
+    """Send requests ``first_index`` .. ``first_index + n_requests - 1`` with ``concurrency`` in
+    flight; return the results and the wall time."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(spec.timeout_s, connect=10)
     results: list[RequestResult] = []
-    pending = iter(range(n_requests))
+    pending = iter(range(first_index, first_index + n_requests))
 
     async def worker(client: httpx.AsyncClient) -> None:
         for i in pending:  # shared iterator: each index is taken by exactly one worker

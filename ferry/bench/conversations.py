@@ -7,6 +7,8 @@ Invariants:
 - A conversation's turns run one after the other; conversations run concurrently, so a server
   with fewer slots than conversations must keep (or recompute) histories across other users.
 - Results carry their turn index, so first turns and follow-ups are summarised apart.
+- The history goes out as chat ``messages``, Messages ``messages`` or Responses ``input`` items;
+  the completions API has no history, so the command line refuses it for this scenario.
 """
 
 from __future__ import annotations
@@ -20,19 +22,9 @@ import httpx
 
 from ferry.bench.client import RequestSpec, stream_request
 from ferry.bench.stats import RequestResult
+from ferry.bench.words import WORDS
 
 DOC_WORDS = 300
-WORDS = [
-    "river", "harbor", "ferry", "engine", "captain", "island", "morning", "storm", "signal",
-    "lantern", "cargo", "ticket", "bridge", "market", "station", "winter", "summer", "valley",
-    "forest", "mountain", "village", "garden", "window", "letter", "journey", "silver",
-    "copper", "timber", "granite", "meadow", "orchard", "canal", "lighthouse", "compass",
-    "anchor", "rope", "sail", "deck", "tide", "current", "whale", "gull", "pier", "dock",
-    "crane", "warehouse", "schedule", "passenger", "crew", "harbour", "bell", "mist", "fog",
-    "rain", "thunder", "breeze", "sunrise", "sunset", "evening", "midnight", "season",
-    "festival", "council", "mayor", "school", "library", "bakery", "mill", "forge", "quarry",
-    "railway", "tunnel", "road", "path", "fence", "gate", "tower", "clock",
-]
 QUESTIONS = (
     "Summarise the document in two sentences.",
     "Which places does the document mention?",

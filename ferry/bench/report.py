@@ -70,7 +70,8 @@ def table(rows: list[Row]) -> str:
     """Fixed-width table; latencies in milliseconds; a ``round`` column when there are rounds,
     first-turn and follow-up TTFT columns for multi-turn runs."""
     rounds = len({r.round for r in rows}) > 1
-    turns = any(r.summary.follow_ttft_p50_s is not None for r in rows)
+    turns = any(s.first_ttft_p50_s is not None or s.follow_ttft_p50_s is not None
+                for s in (r.summary for r in rows))
     columns = (list(COLUMNS[:1]) + ["round"] * rounds + list(COLUMNS[1:])
                + list(TURN_COLUMNS) * turns)
     lines = [columns]

@@ -80,7 +80,9 @@ async def _measure(
             spec = dataclasses.replace(spec, model=await discover_model(url, spec.api_key))
         if config.warmup:
             warm = dataclasses.replace(spec, max_tokens=min(spec.max_tokens, 8))
-            await run_level(url, warm, concurrency=1, n_requests=config.warmup)
+            # indices after the measured ones: a distinct warm-up prompt warms no measured one
+            await run_level(url, warm, concurrency=1, n_requests=config.warmup, first_index=total)
+
         def on_done(done: int) -> None:
             progress.show(label, done, total)
 

@@ -88,10 +88,11 @@ def summarize(
     tokens = sum(r.output_tokens for r in ok)
     first = [r.ttft_s for r in ok if r.ttft_s is not None and r.turn == 0]
     follow = [r.ttft_s for r in ok if r.ttft_s is not None and r.turn > 0]
+    multi_turn = any(r.turn for r in results)  # columns stay even if every follow-up failed
     by_turn = {
         "first_ttft_p50_s": percentile(first, 50), "first_ttft_p99_s": percentile(first, 99),
         "follow_ttft_p50_s": percentile(follow, 50), "follow_ttft_p99_s": percentile(follow, 99),
-    } if follow else {}  # fmt: skip
+    } if multi_turn else {}  # fmt: skip
     return LevelSummary(
         concurrency=concurrency,
         requests=len(results),
