@@ -314,3 +314,38 @@ def test_random_conversations_never_see_a_wrong_or_foreign_prefix(data):
     while s.has_work():
         step(s, kv)
         check(s, kv)
+
+
+class CountingKv(FakeKv):
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies = self.restores = 0
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        self.copies += 1
+        super().copy(src, dst, n)
+
+    def restore(self, blob: Blob, seq_id: int) -> bool:
+        self.restores += 1
+        return super().restore(blob, seq_id)
+
+
+def test_one_slot_keeps_a_short_shared_prefix_in_place_and_the_rest_goes_to_ram():
+    # --parallel 1, distinct prompts after one template prefix shorter than a worthwhile restore
+    kv = CountingKv()
+    s = sched(n_slots=1, n_seq_ids=1, kv=kv, ram_budget=10_000, min_restore=64)
+    template = list(range(24))
+    first = run_one(s, kv, seq(template + [100] * 40))
+    second = run_one(s, kv, seq(template + [200] * 40))
+    assert second.num_cached == 24 and kv.copies == 0 and kv.restores == 0
+    (held,) = [e for e in s.cache.entries.values() if e.tokens[24] == 100]
+    assert held.tier is Tier.RAM and held.tokens == first.all_tokens[:len(held.tokens)]
+
+
+def test_a_pool_entry_used_whole_hands_its_id_over_without_a_copy():
+    kv = CountingKv()
+    s = sched(n_slots=2, n_seq_ids=4, kv=kv, ram_budget=10_000)
+    turn1 = run_one(s, kv, seq(list(range(40))))
+    turn2 = run_one(s, kv, seq(turn1.all_tokens + [7, 8, 9]))
+    assert turn2.num_cached == len(turn1.all_tokens) - 1  # all it computed: not the last token
+    assert kv.copies == 0 and kv.restores == 0

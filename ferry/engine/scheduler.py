@@ -14,7 +14,9 @@ Invariants:
   (``Sequence.swapped``) and restored when it is admitted again, at the head of the queue.
 - A finished sequence's KV becomes a prompt-cache entry (``cache.PromptCache``); admission reuses
   the longest cached prefix of the sequence's namespace (API key + cache salt), from the pool or
-  from RAM, and prefills the rest.
+  from RAM, and prefills the rest. A pool entry used whole, or the pool's next victim when no id
+  is free, hands its own id over trimmed to the prefix (``PromptCache.take``; a victim's whole
+  tokens still go to RAM) instead of being copied.
 - Admission is cache-aware without starvation: among the first ``lookahead`` waiting sequences
   the one with the fewest tokens left to compute goes first, unless the oldest was already passed
   over ``max_bypass`` times; then it goes first.
@@ -50,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ferry.engine.cache.index import common_prefix
-from ferry.engine.cache.store import KvBackend, PromptCache
+from ferry.engine.cache.store import KvBackend, PromptCache, Tier
 from ferry.engine.sequence import ImageSpan, Sequence, Status
 
 
@@ -304,12 +306,20 @@ class Scheduler:
             seq, entry, k = self._pick()
             if sum(self._need(s) for s in self.running) + self._need(seq) > self.pool_cells:
                 break  # wait until running sequences leave room
-            if not self.free_ids:  # an id from the pool's LRU entry, sparing the one to reuse
+            taken = None
+            if (seq.swapped is None and entry is not None and k > 0 and entry.tier is Tier.POOL
+                    and (k == len(entry.tokens)
+                         or (not self.free_ids and entry is self.cache.next_victim()))):
+                # the entry's own id keeps the prefix: no copy (and no restore from RAM when the
+                # id would have been evicted for this sequence anyway)
+                taken = self.cache.take(entry, k)
+            if taken is None and not self.free_ids:
+                # an id from the pool's LRU entry, sparing the one to reuse
                 self.free_ids += self.cache.evict_pool(spare=entry) or self.cache.evict_pool()
                 if not self.free_ids:
                     break
             self.waiting.remove(seq)
-            seq.slot = self._take_id()
+            seq.slot = self._take_id() if taken is None else taken[0]
             seq.status = Status.RUNNING
             self.running.append(seq)
             while self.cells_used() > self.pool_cells:  # room first: a restore needs free cells
@@ -319,6 +329,8 @@ class Scheduler:
                 self.free_ids += freed
             if seq.swapped is not None:
                 self._resume(seq, plan)
+            elif taken is not None:
+                self._reused(seq, taken[1])
             else:
                 self._reuse(seq, entry, k)
 
@@ -360,6 +372,11 @@ class Scheduler:
             self.free_ids += freed
         else:
             k = 0
+        self._reused(seq, k)
+
+    def _reused(self, seq: Sequence, k: int) -> None:
+        """``seq``'s slot holds its first ``k`` prompt tokens' KV: count the hit, and plan to
+        share a longer prefix from a running sequence if one is computing it."""
         seq.num_computed = seq.num_cached = k
         if k > 0:
             self.stats.prefix_hits += 1

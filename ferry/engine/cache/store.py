@@ -127,6 +127,30 @@ class PromptCache:
             self._touch(entry)
         return n, freed
 
+    def take(self, entry: Entry, n: int) -> tuple[int, int] | None:
+        """Hand pool ``entry``'s sequence id, trimmed to its first ``n`` cells, to a new sequence,
+        without a copy. An entry used whole just leaves the cache; one used in part moves to RAM
+        (or goes) as an eviction would, so call it for the pool's next victim only
+        (``next_victim``). Returns (seq id, cells kept), or None when the memory cannot keep
+        that prefix (the caller copies or recomputes instead)."""
+        assert entry.tier is Tier.POOL and entry.seq_id is not None
+        if self.keep(entry.seq_id, n) < n:
+            return None
+        seq_id = entry.seq_id
+        if n == len(entry.tokens):
+            self._drop(entry, touch_kv=False)
+        else:
+            self._to_ram(entry, keep=n)
+        n = self.kv.trim(seq_id, n)
+        self.stats.hits["pool"] += 1
+        self.stats.restored_tokens["pool"] += n
+        return seq_id, n
+
+    def next_victim(self, spare: Entry | None = None) -> Entry | None:
+        """The pool entry ``evict_pool`` would move out next (least recently used)."""
+        return next((e for e in self.entries.values() if e.tier is Tier.POOL and e is not spare),
+                    None)
+
     # ---- adding ------------------------------------------------------------------------------
     def insert(self, ns: Hashable, tokens: list[int], seq_id: int) -> list[int]:
         """Cache the cells of finished sequence ``seq_id`` (holding ``tokens``); the cache owns
@@ -150,25 +174,30 @@ class PromptCache:
         """Move the least recently used pool entry (other than ``spare``) to RAM, or drop it if
         RAM cannot hold it or it is too short to be worth a restore. Returns the seq ids freed
         ([] if there is none to evict)."""
-        e = next((e for e in self.entries.values() if e.tier is Tier.POOL and e is not spare),
-                 None)
+        e = self.next_victim(spare)
         if e is None:
             return []
-        self.stats.evictions["pool"] += 1
-        if self.ram_budget <= 0 or len(e.tokens) < self.min_restore:
-            return self._drop(e)
+        return [self._to_ram(e)]
+
+    def _to_ram(self, e: Entry, keep: int = 0) -> int:
+        """Save pool entry ``e`` to RAM (or drop it) and clear its sequence id past ``keep``
+        cells; returns the id (no longer the cache's)."""
         assert e.seq_id is not None
-        blob = self.kv.save(e.seq_id)
-        if blob is None or len(blob) > self.ram_budget:
-            return self._drop(e)
-        while self.ram_bytes + len(blob) > self.ram_budget:
-            self._evict_ram()
         seq_id = e.seq_id
-        self.kv.trim(seq_id, 0)
-        self.pool_cells -= len(e.tokens)
-        e.tier, e.seq_id, e.blob, e.nbytes = Tier.RAM, None, blob, len(blob)
-        self.ram_bytes += e.nbytes
-        return [seq_id]
+        self.stats.evictions["pool"] += 1
+        blob = None
+        if self.ram_budget > 0 and len(e.tokens) >= self.min_restore:
+            blob = self.kv.save(seq_id)
+        if blob is None or len(blob) > self.ram_budget:
+            self._drop(e, touch_kv=False)
+        else:
+            while self.ram_bytes + len(blob) > self.ram_budget:
+                self._evict_ram()
+            self.pool_cells -= len(e.tokens)
+            e.tier, e.seq_id, e.blob, e.nbytes = Tier.RAM, None, blob, len(blob)
+            self.ram_bytes += e.nbytes
+        self.kv.trim(seq_id, keep)
+        return seq_id
 
     def _evict_ram(self) -> None:
         e = next(e for e in self.entries.values() if e.tier is Tier.RAM)
