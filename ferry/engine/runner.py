@@ -1,4 +1,5 @@
-"""The only place that decodes: one llama.cpp context, one batch, one ``llama_decode`` per step.
+"""The only place that decodes: one llama.cpp context, one batch, one ``llama_decode`` per step
+(two when logit-free prompt chunks go ahead of the rest, see ``run``).
 
 Invariants:
 - Called from the engine thread only (llama.cpp contexts are not thread-safe).
@@ -200,17 +201,28 @@ class Runner:
         return ll.llama_state_seq_set_data(self.ctx, blob, len(blob), slot) != 0
 
     def run(self, plan: StepPlan) -> dict[int, int]:
-        """Decode every piece of work in one batch; return {sequence id: first logits row}
-        (a work item's ``n_logits`` rows are contiguous from there)."""
+        """Decode every piece of work; return {sequence id: first logits row} (a work item's
+        ``n_logits`` rows are contiguous from there). Prompt chunks that need no logits go in a
+        ``llama_decode`` of their own before the rest when the step also decodes other work:
+        measured cheaper than one mixed batch (``benchmarks/mixed_step.py``)."""
         for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
             if self.keepable(src, keep) != keep:
                 raise DecodeError(f"slot {src} could not share {keep} KV cells as planned")
             self.copy(src, dst, keep)
+        work = sorted(plan.work, key=_by_slot)
+        ahead = [w for w in work if not w.logits and w.image is None]
+        if ahead and len(ahead) < len(work):
+            self._decode(ahead)
+            work = [w for w in work if w.logits or w.image is not None]
+        return self._decode(work)
+
+    def _decode(self, work: list[Work]) -> dict[int, int]:
+        """One ``llama_decode`` of ``work`` (in sequence id order) after its images."""
         n = 0
         rows: dict[int, int] = {}
         tok, pos, nseq, seq, lg = self._tok, self._pos, self._nseq, self._seq, self._lg
-        for w in sorted(plan.work, key=_by_slot):
+        for w in work:
             if w.image is not None:
                 self._decode_image(w)
                 continue

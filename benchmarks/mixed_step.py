@@ -1,0 +1,73 @@
+"""A step that decodes some sequences while prefilling a prompt chunk: one ``llama_decode`` of
+the mixed batch vs the chunk in a decode of its own, then the decodes (``Runner.run`` does the
+latter when the chunk needs no logits).
+
+    python benchmarks/mixed_step.py [--threads 2] [--chunk 64] [--ctx 600] [--reps 10]
+
+Seven sequences of ``--ctx`` tokens decode one token each while an eighth prefills ``--chunk``
+tokens at the same depth (separate KV streams, bundled SmolLM2 or --gguf). The two forms
+alternate within each repetition; prints the median of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from ferry.engine.model import Model, bundled_model_path
+from ferry.engine.runner import Runner, RunnerConfig
+from ferry.engine.scheduler import StepPlan, Work
+from ferry.engine.sequence import SamplingParams, Sequence
+
+
+def _seq(slot: int) -> Sequence:
+    s = Sequence([1], SamplingParams(), 1, lambda o: None)
+    s.slot = slot
+    return s
+
+
+def _tokens(seed: int, n: int) -> list[int]:
+    return [1000 + (seed * 31 + i * 7919) % 8000 for i in range(n)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--gguf", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--ctx", type=int, default=600)
+    p.add_argument("--reps", type=int, default=10)
+    args = p.parse_args()
+    r = Runner(Model(args.gguf or bundled_model_path()), RunnerConfig(16384, 8, args.threads, 512))
+    for s in range(8):
+        toks = _tokens(s, args.ctx)
+        for pos in range(0, args.ctx, 512):
+            chunk = toks[pos:pos + 512]
+            r.run(StepPlan(work=[Work(_seq(s), chunk, pos, pos + len(chunk) == args.ctx)]))
+
+    def timed(i: int, split: bool) -> float:
+        decodes = [Work(_seq(s), [100 + i], args.ctx, True) for s in range(7)]
+        chunk = Work(_seq(7), _tokens(99 + i, args.chunk), args.ctx, False)
+        t0 = time.perf_counter()
+        if split:
+            r.run(StepPlan(work=[*decodes, chunk]))  # the chunk goes ahead in its own decode
+        else:
+            r._decode([*decodes, chunk])  # one mixed batch (what run did before)
+        dt = time.perf_counter() - t0
+        for s in range(8):
+            r.trim(s, args.ctx)
+        return dt
+
+    mixed, split = [], []
+    for i in range(args.reps):
+        mixed.append(timed(i, False))
+        split.append(timed(i, True))
+    m, s2 = statistics.median(mixed) * 1e3, statistics.median(split) * 1e3
+    print(f"7 decodes + a {args.chunk}-token chunk at {args.ctx}: one mixed decode {m:.1f} ms, "
+          f"chunk ahead in its own decode {s2:.1f} ms ({s2 / m:.2f}x)")
+    r.close()
+
+
+if __name__ == "__main__":
+    main()
