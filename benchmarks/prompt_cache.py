@@ -56,7 +56,9 @@ def main() -> None:
     p.add_argument("--tokens", default="256,1024")
     args = p.parse_args()
     model = Model(args.gguf or bundled_model_path())
-    r = Runner(model, RunnerConfig(args.pool, 8, args.threads, 512, n_seq_max=40))
+    # one unified pool: 40 ids over separate streams would give each only pool/40 cells
+    r = Runner(model, RunnerConfig(args.pool, 8, args.threads, 512, n_seq_max=40,
+                                   kv_unified=True))
     vocab = list(range(1000, 9000))
     print(f"bytes per cell: {r.bytes_per_cell}")
     for n in [int(x) for x in args.tokens.split(",")]:
