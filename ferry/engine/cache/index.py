@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 BLOCK = 16
@@ -39,12 +39,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
-def _keys(ns: Hashable, tokens: list[int], n_blocks: int) -> list[int]:
-    keys, h = [], hash(ns)
-    for i in range(n_blocks):
+def _block_keys(ns: Hashable, tokens: list[int]) -> Iterator[int]:
+    """The key of each whole block of ``tokens``: a hash chained over ``ns`` and every block up
+    to it (lazily: a lookup stops at the first key nobody holds)."""
+    h = hash(ns)
+    for i in range(len(tokens) // BLOCK):
         h = hash((h, tuple(tokens[i * BLOCK:(i + 1) * BLOCK])))
-        keys.append(h)
-    return keys
+        yield h
 
 
 class PrefixIndex(Generic[K]):
@@ -66,7 +67,7 @@ class PrefixIndex(Generic[K]):
 
     def add(self, entry: K, ns: Hashable, tokens: list[int]) -> None:
         assert entry not in self._entries, entry
-        keys = _keys(ns, tokens, len(tokens) // BLOCK)
+        keys = list(_block_keys(ns, tokens))
         self._entries[entry] = (ns, tokens, keys)
         for k in keys:
             self._table.setdefault(k, {})[entry] = None
@@ -90,9 +91,7 @@ class PrefixIndex(Generic[K]):
     def longest(self, ns: Hashable, tokens: list[int]) -> tuple[K | None, int]:
         """The entry of ``ns`` sharing the longest prefix with ``tokens``, and that length."""
         holders: dict[K, None] | None = None
-        h = hash(ns)
-        for i in range(len(tokens) // BLOCK):
-            h = hash((h, tuple(tokens[i * BLOCK:(i + 1) * BLOCK])))
+        for h in _block_keys(ns, tokens):
             nxt = self._table.get(h)
             if not nxt:
                 break
@@ -112,9 +111,7 @@ class PrefixIndex(Generic[K]):
         """Entries of ``ns`` whose tokens are a prefix of ``tokens`` (redundant once ``tokens``
         is cached)."""
         found: list[K] = []
-        h = hash(ns)
-        for i in range(len(tokens) // BLOCK):
-            h = hash((h, tuple(tokens[i * BLOCK:(i + 1) * BLOCK])))
+        for i, h in enumerate(_block_keys(ns, tokens)):
             holders = self._table.get(h)
             if not holders:
                 break
