@@ -21,8 +21,8 @@ Invariants:
   against this (the scheduler asked ``keepable`` when it planned them).
 - The batch holds its tokens in increasing sequence id order. With separate streams llama.cpp
   cuts a batch into ubatches of *consecutive* ids (``split_equal`` sequential), so a batch in
-  admission order decodes as several small graphs: a batch-8 decode step measured 52 ms in id
-  order, 70 ms shuffled and 88 ms reversed (``benchmarks/batch_order.py``).
+  admission order decodes as several small graphs: a batch-8 decode step measured 50 ms in id
+  order, 73 ms shuffled and 97 ms reversed (``benchmarks/batch_order.py``).
 - ``run(plan)`` returns, per sequence that asked for logits, the index of its row in the logits
   buffer; those rows stay valid until the next ``run``.
 - Image work (``Work.image``, embeddings from a multimodal projector) is decoded first, one image

@@ -134,7 +134,8 @@ class Scheduler:
         self.cache = PromptCache(self.kv, ram_budget, min_restore, keep=self._keep)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.free_ids: list[int] = list(range(max(n_seq_ids or 2 * n_slots, n_slots)))[::-1]
+        # ids not running and not a pool entry's; _take_id hands out the lowest
+        self.free_ids: list[int] = list(range(max(n_seq_ids or 2 * n_slots, n_slots)))
         self.stats = Stats()
 
     @property

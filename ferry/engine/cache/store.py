@@ -5,8 +5,9 @@ the room (or the id), the least recently used pool entry moves to RAM: its cells
 llama.cpp's per-sequence state save (``KvBackend.save``) and removed from the pool. RAM entries are
 evicted least recently used first to keep their bytes under ``ram_budget``. A new prompt is matched
 against every entry of its namespace by longest common prefix (``PrefixIndex``); a pool hit is a
-copy of cells into the new sequence's id (in a unified KV, copying only tags cells), a RAM hit a
-state restore followed by a trim to the common prefix.
+copy of cells into the new sequence's id (in a unified KV, copying only tags cells) or the entry's
+own id handed over trimmed to the prefix (``take``), a RAM hit a state restore followed by a trim
+to the common prefix.
 
 Invariants:
 - Every entry is exactly one of: in the pool (owns ``seq_id``, whose cells hold ``tokens``), or in
