@@ -60,22 +60,33 @@ def dechunk(data: bytes) -> bytes:
 def stream_prefix(url: str, body: dict, n: int, headers: dict[str, str] | None = None,
                   path: str = "/v1/chat/completions") -> tuple[bytes, socket.socket]:
     """POST a streaming request on a raw socket; return at least ``n`` de-chunked body bytes
-    (whole chunks) and the still-open socket."""
+    (whole chunks), or the whole body when the stream ends before ``n``, and the socket.
+
+    A connection the server closes mid-chunk fails the test at once (no busy loop on a dead
+    socket)."""
     s = connect(url)
     s.sendall(request_bytes("POST", path, body, headers=headers))
     raw = b""
     while b"\r\n\r\n" not in raw:
-        raw += s.recv(65536)
+        raw += _recv(s)
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n")[0], head
     out = b""
     while len(out) < n:
         while b"\r\n" not in rest:
-            rest += s.recv(65536)
+            rest += _recv(s)
         size_line, _, rest = rest.partition(b"\r\n")
         size = int(size_line, 16)
+        if size == 0:  # the terminal chunk: the stream is shorter than n
+            break
         while len(rest) < size + 2:
-            rest += s.recv(65536)
+            rest += _recv(s)
         out += rest[:size]
         rest = rest[size + 2:]
     return out, s
+
+
+def _recv(s: socket.socket) -> bytes:
+    data = s.recv(65536)
+    assert data, "the server closed the connection mid-response"
+    return data
