@@ -263,6 +263,27 @@ def test_cheap_follow_ups_go_first_but_the_oldest_is_passed_over_a_bounded_numbe
     assert order.index(long_first) == 2  # two cheap ones went first, then it could wait no more
 
 
+def test_a_long_queue_of_first_turns_does_not_turn_admission_into_arrival_order():
+    """Only the oldest waiting sequence counts its bypasses: every first turn queued behind it
+    does not reach the bound at once, so cheap follow-ups keep going first (two per first turn
+    here) instead of waiting behind every first turn that arrived before them."""
+    kv = FakeKv()
+    s = sched(n_slots=1, kv=kv, pool_cells=10_000, max_bypass=2, headroom=1)
+    base = run_one(s, kv, seq(list(range(200)), max_tokens=1))
+    firsts = [seq(list(range(1000 * (i + 1), 1000 * (i + 1) + 300)), max_tokens=1)
+              for i in range(4)]
+    follows = [seq(base.all_tokens[:200] + [i], max_tokens=1) for i in range(6)]
+    for q in firsts + follows:
+        s.add(q)
+    order: list[Sequence] = []
+    while s.has_work():
+        step(s, kv)
+        check(s, kv)
+        order += [q for q in firsts + follows if q.status is not Status.WAITING and q not in order]
+    f, c = firsts, follows
+    assert order == [c[0], c[1], f[0], c[2], c[3], f[1], c[4], c[5], f[2], f[3]]
+
+
 def test_the_pool_never_overflows_running_sequences_are_preempted_and_resumed_exactly():
     kv = FakeKv()
     s = sched(n_slots=3, kv=kv, pool_cells=120, n_ctx_seq=120, headroom=1)

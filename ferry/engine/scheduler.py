@@ -18,8 +18,10 @@ Invariants:
   is free, hands its own id over trimmed to the prefix (``PromptCache.take``; a victim's whole
   tokens still go to RAM) instead of being copied.
 - Admission is cache-aware without starvation: among the first ``lookahead`` waiting sequences
-  the one with the fewest tokens left to compute goes first, unless the oldest was already passed
-  over ``max_bypass`` times; then it goes first.
+  the one with the fewest tokens left to compute goes first, unless the oldest waiting sequence
+  was already passed over ``max_bypass`` times while it was the oldest; then it goes first. So a
+  sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and a follow-up
+  turn whose history is cached does not queue behind every first turn that arrived before it.
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
   step while other sequences are decoding, so a long prompt never stalls running streams.
@@ -115,7 +117,7 @@ class Scheduler:
                  min_share: int = 16, *, kv: KvBackend | None = None,
                  n_seq_ids: int | None = None, pool_cells: int | None = None,
                  ram_budget: int = 0, min_restore: int = 32, headroom: int = 65,
-                 max_bypass: int | None = None, lookahead: int = 64,
+                 max_bypass: int | None = None, lookahead: int = 256,
                  kv_keep: Callable[[int, int], int] | None = None) -> None:
         self.min_share = min_share
         # kv_keep(slot, n): how many of the slot's first n KV cells can be kept (n, or fewer when
@@ -353,10 +355,12 @@ class Scheduler:
             if best is None or len(seq.prompt) - k < len(best[0].prompt) - best[2]:
                 best = (seq, entry, k)
         assert best is not None
-        for seq in self.waiting:
-            if seq is best[0]:
-                break
-            seq.bypassed += 1
+        if best[0] is not head:
+            # only the oldest counts: were every sequence passed over counted, a long queue
+            # would reach the bound all at once and admission turn into arrival order for
+            # everyone behind it (64 conversations on 8 slots: follow-ups waited behind every
+            # first turn, benchmarks/admission_sim.py)
+            head.bypassed += 1
         return best
 
     def _lookup(self, seq: Sequence):

@@ -159,7 +159,7 @@ class Sequence:
         self.share_from: tuple[Sequence, int] | None = None
         self.greedy_argmax = False  # the engine may take the argmax itself (sampling.py)
         self.drafter: Drafter | None = None  # set when this sequence speculates
-        self.bypassed = 0  # times admission preferred a later sequence (bounded: no starvation)
+        self.bypassed = 0  # times admission preferred a later one while this was the oldest (bounded)
         self.swapped: Any = None  # KV state saved when preempted; restored on readmission
 
     @property
