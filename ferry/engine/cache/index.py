@@ -16,7 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 BLOCK = 16
@@ -91,18 +91,35 @@ class PrefixIndex(Generic[K]):
     def longest(self, ns: Hashable, tokens: list[int]) -> tuple[K | None, int]:
         """The entry of ``ns`` sharing the longest prefix with ``tokens``, and that length."""
         holders: dict[K, None] | None = None
+        depth = 0
         for h in _block_keys(ns, tokens):
             nxt = self._table.get(h)
             if not nxt:
                 break
-            holders = nxt
+            holders, depth = nxt, depth + 1
+        if holders is None:
+            return None, 0
+        # Every holder has the first ``m`` tokens (by hash) and none the next whole block, so
+        # the common prefix ends inside that block: compare only it (a shallow walk may find
+        # every entry of the namespace holding a shared system prompt), then check the winner
+        # on its whole prefix; a hash collision (or a whole next block in common, which only one
+        # can explain) falls back to measuring every holder.
+        m = depth * BLOCK
+        head = tokens[m:m + BLOCK]
+        best, best_n = self._best(ns, holders, lambda t: m + common_prefix(t[m:m + BLOCK], head))
+        if best is not None and (best_n >= m + BLOCK or self._entries[best][1][:m] != tokens[:m]):
+            best, best_n = self._best(ns, holders, lambda t: common_prefix(t, tokens))
+        return best, best_n
+
+    def _best(self, ns: Hashable, holders: dict[K, None],
+              measure: Callable[[list[int]], int]) -> tuple[K | None, int]:
         best: K | None = None
         best_n = 0
-        for entry in reversed(holders or {}):  # newest first: ties keep the newest
+        for entry in reversed(holders):  # newest first: ties keep the newest
             e_ns, e_tokens, _ = self._entries[entry]
             if e_ns != ns:
                 continue  # a hash collision across namespaces
-            n = common_prefix(e_tokens, tokens)
+            n = measure(e_tokens)
             if n > best_n:
                 best, best_n = entry, n
         return best, best_n
