@@ -449,6 +449,25 @@ def test_each_turn_resends_the_history_with_the_answers_streamed_back(
             assert now[-1]["content"] != before[-1]["content"]  # a new question
 
 
+def test_each_round_sends_its_own_documents_and_prompts_to_a_server_that_stays_up(
+    tiny_server, capsys
+) -> None:
+    """With --url the server keeps its cache across rounds: a round that resent the last one's
+    documents (or distinct prompts) would measure cache hits, not the load."""
+    url, stats = tiny_server
+    code, rows = _run_json(capsys, "--url", url, "--conversations", "2", "--turns", "1",
+                           "--max-tokens", "2", "--warmup", "0", "--rounds", "2")  # fmt: skip
+    assert code == 0 and len(rows) == 2
+    assert len(set(_conversations(stats.bodies))) == 4  # 2 conversations x 2 rounds, all new
+    stats.bodies.clear()
+    code, _ = _run_json(capsys, "--url", url, "--concurrency", "2", "--requests", "3",
+                        "--max-tokens", "2", "--distinct-prompts", "--warmup", "1",
+                        "--rounds", "2")  # fmt: skip
+    assert code == 0
+    prompts = [_prompt(b) for b in stats.bodies]
+    assert len(prompts) == 8 and len(set(prompts)) == 8  # warm-ups included
+
+
 def test_conversations_run_at_once_each_turn_after_the_previous(tiny_server, capsys) -> None:
     url, stats = tiny_server
     code, _ = _run_json(capsys, "--url", url, "--conversations", "3", "--turns", "2",

@@ -1,9 +1,11 @@
 """The multi-turn scenario: N conversations at once, each about its own document, T turns each.
 
 Invariants:
-- Conversation ``i`` opens with its own ~300-word document (seeded by ``i``, so every target and
-  round sees the same text) and a first question; every later turn resends the whole history
-  (document, questions and the answers streamed so far) plus a new question.
+- Conversation ``i`` opens with its own ~300-word document (seeded by ``i``, so every target
+  sees the same text) and a first question; every later turn resends the whole history
+  (document, questions and the answers streamed so far) plus a new question. Each round numbers
+  its conversations after the last round's, so a server measured by ``--url`` round after round
+  finds no earlier round's history in its cache.
 - A conversation's turns run one after the other; conversations run concurrently, so a server
   with fewer slots than conversations must keep (or recompute) histories across other users.
 - Results carry their turn index, so first turns and follow-ups are summarised apart.
@@ -63,9 +65,10 @@ async def conversation(client: httpx.AsyncClient, base_url: str, spec: RequestSp
 
 async def run_conversations(
     base_url: str, spec: RequestSpec, *, conversations: int, turns: int,
-    on_done: Callable[[int], None] | None = None,
+    first_index: int = 0, on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[RequestResult], float]:
-    """Run every conversation to its last turn; return each request's result and the wall time."""
+    """Run conversations ``first_index`` .. ``first_index + conversations - 1`` to their last
+    turn; return each request's result and the wall time."""
     limits = httpx.Limits(max_connections=conversations, max_keepalive_connections=conversations)
     results: list[RequestResult] = []
 
@@ -77,6 +80,6 @@ async def run_conversations(
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(spec.timeout_s)) as client:
         start = time.perf_counter()
         await asyncio.gather(*(conversation(client, base_url, spec, i, turns, done)
-                               for i in range(conversations)))
+                               for i in range(first_index, first_index + conversations)))
         wall_s = time.perf_counter() - start
     return results, wall_s

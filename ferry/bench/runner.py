@@ -65,10 +65,13 @@ class Progress:
 
 
 async def _measure(
-    target: Target, concurrency: int, config: BenchConfig, progress: Progress
+    target: Target, concurrency: int, config: BenchConfig, progress: Progress, round_: int = 0
 ) -> Row:
-    """Serve ``target`` for this level (if managed), warm it up, measure it."""
+    """Serve ``target`` for this level (if managed), warm it up, measure it. Each round sends
+    its own distinct prompts and conversations (indices after the previous round's), so a
+    server that stays up across rounds (``--url``) has none of them cached."""
     total = config.requests_for(concurrency)
+    first = round_ * (total + config.warmup)
     label = f"{target.name} c={concurrency}"
     progress.show(label + " (starting)", 0, total)
     slots = config.parallel or concurrency
@@ -81,17 +84,20 @@ async def _measure(
         if config.warmup:
             warm = dataclasses.replace(spec, max_tokens=min(spec.max_tokens, 8))
             # indices after the measured ones: a distinct warm-up prompt warms no measured one
-            await run_level(url, warm, concurrency=1, n_requests=config.warmup, first_index=total)
+            await run_level(url, warm, concurrency=1, n_requests=config.warmup,
+                            first_index=first + total)
 
         def on_done(done: int) -> None:
             progress.show(label, done, total)
 
         if config.turns:
             results, wall_s = await run_conversations(
-                url, spec, conversations=concurrency, turns=config.turns, on_done=on_done)
+                url, spec, conversations=concurrency, turns=config.turns, first_index=first,
+                on_done=on_done)
         else:
             results, wall_s = await run_level(
-                url, spec, concurrency=concurrency, n_requests=total, on_done=on_done)
+                url, spec, concurrency=concurrency, n_requests=total, first_index=first,
+                on_done=on_done)
     progress.clear()
     summary = summarize(results, concurrency=concurrency, wall_s=wall_s, max_tokens=spec.max_tokens)
     return Row(target=target.name, url=url, summary=summary)
@@ -106,7 +112,7 @@ async def run_benchmark(config: BenchConfig, progress: Progress | None = None) -
             for r in range(config.rounds):
                 order = config.targets if r % 2 == 0 else config.targets[::-1]
                 for target in order:
-                    row = await _measure(target, concurrency, config, progress)
+                    row = await _measure(target, concurrency, config, progress, r)
                     row.round = r
                     rows.append(row)
     finally:
