@@ -115,7 +115,7 @@ async def main() -> None:
     p.add_argument("--top", type=int, default=14)
     args = p.parse_args()
     targets = [u.split("=", 1) for u in args.url]
-    for label, url in targets:
+    for _label, url in targets:
         await run(url, 1, 16)  # warm-up
     if args.idle:
         s0 = snapshot(args.threads)
