@@ -72,11 +72,22 @@ class Engines:
     """The engine replicas, through a deployment handle."""
 
     def __init__(self, handle) -> None:
+        from grpc.aio import AioRpcError
         from ray.exceptions import RayError
 
-        self._errors = (RayError,)
+        # AioRpcError: a replica gone mid-stream with gRPC handles (launch.RAY_ENV), which Serve
+        # turns into a RayError only before the first item
+        self._errors = (RayError, AioRpcError)
         self.handle = handle
-        self._streaming = handle.options(stream=True)
+        self._stream_handle = None
+
+    @property
+    def _streaming(self):
+        """The streaming handle, made on first use: with Serve's router on the caller's loop
+        (``launch.RAY_ENV``) a handle can only be set up inside the loop that serves requests."""
+        if self._stream_handle is None:
+            self._stream_handle = self.handle.options(stream=True)
+        return self._stream_handle
 
     async def stream(self, api: str, body: dict, route: RouteHint, conv_id: str | None,
                      owner: str | None) -> tuple[Reply, AsyncGenerator[bytes, None]]:
