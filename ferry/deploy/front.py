@@ -75,8 +75,8 @@ class Engines:
         from grpc.aio import AioRpcError
         from ray.exceptions import RayError
 
-        # AioRpcError: a replica gone mid-stream with gRPC handles (launch.RAY_ENV), which Serve
-        # turns into a RayError only before the first item
+        # AioRpcError: what a gRPC handle call (launch.RAY_ENV) raises for a lost replica when
+        # Serve does not map its status code to a RayError (it maps UNAVAILABLE and CANCELLED)
         self._errors = (RayError, AioRpcError)
         self.handle = handle
         self._stream_handle = None

@@ -28,7 +28,7 @@ OBJECT_STORE_BYTES = 100 * 1024 * 1024  # Ray's minimum is 75 MiB; Ferry passes 
 READY_TIMEOUT_S = 600.0
 # Ray and Serve settings for the processes this launcher starts (a local Ray instance inherits
 # them; a cluster's `ray start` takes the same variables, README "Scale-out on Ray Serve"). An idle
-# local instance spent 0.13 of a core (the controller's 0.1 s loop, 0.1 s metrics exports) and
+# local instance spent 0.15 of a core (the controller's 0.1 s loop, 0.1 s metrics exports) and
 # every streamed item crossed a thread hop on each side and Ray's task machinery, CPU taken from
 # llama.cpp's cores (RESULTS.md "Ray Serve": CPU per token and tok/s with and without these).
 # The environment's own values win.
@@ -36,7 +36,7 @@ RAY_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",  # replicas: user code on the main loop
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",  # handles: route on the caller's loop
     # handle calls straight to the replica over gRPC, not as Ray actor tasks: half the front
-    # door's CPU per streamed item (every process must agree: the controller starts the servers)
+    # door's CPU per streamed item (a caller's choice: every Serve replica runs the gRPC server)
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # controller: reconcile twice a second
