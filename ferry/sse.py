@@ -8,9 +8,9 @@ Transport rules (`stream_events`):
 - Headers go out at once, before the first event, even while the request is queued.
 - While no event arrives for ``ping_interval`` seconds a ``: ping`` comment is sent.
 - A client is gone when a send fails, a send does not complete within ``send_timeout`` (a reader
-  that stopped reading), or uvicorn delivers ``http.disconnect``; a waiting task races the stream
-  for the latter, so there is no per-token polling. The producer is then closed (cancelling the
-  generation) and no more bytes are written.
+  that stopped reading), or uvicorn delivers ``http.disconnect`` (a watcher task waits for it, so
+  there is no per-token polling). The producer is then closed (cancelling the generation) and no
+  more bytes are written.
 """
 
 from __future__ import annotations
@@ -70,57 +70,92 @@ def encode(ev: Event | _Done, *, id: str | None = None) -> bytes:
 async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_interval: float,
                         send_timeout: float, status: int = 200,
                         headers: list[tuple[bytes, bytes]] | None = None) -> bool:
-    """Send an SSE response from already-encoded chunks. Returns True if it ran to the end."""
+    """Send an SSE response from already-encoded chunks. Returns True if it ran to the end.
+
+    The calling task reads the body and sends each chunk itself, and no task, waiter or timer is
+    created per event: at c=1 the event loop's CPU per token competes with llama.cpp's threads
+    for the same cores. Two helpers live for the whole stream and wake rarely: a watcher for
+    ``http.disconnect`` and a watchdog that sends the pings and ends a send older than
+    ``send_timeout`` (it reads the time a send started; a send records it, nothing more). Either
+    ends the stream by cancelling the calling task; a lock keeps a ping and a chunk apart.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    lock = asyncio.Lock()
+    ended = False  # set by a helper that cancelled the task, or once the stream is over
+    sending = False
+    send_at = loop.time()  # when the last (or current) send began
 
     async def _send(message: dict) -> None:
-        await asyncio.wait_for(send(message), send_timeout if send_timeout > 0 else None)
+        nonlocal sending, send_at
+        send_at = loop.time()
+        sending = True
+        try:
+            await send(message)
+        finally:
+            sending = False
 
-    await _send({"type": "http.response.start", "status": status,
-                 "headers": SSE_HEADERS + (headers or [])})
-    # An empty body pushes the headers through middleware that holds them until the first body
-    # (Starlette's GZipMiddleware before it exempted text/event-stream), so a queued request's
-    # client sees its 200 at once; uvicorn writes nothing for it.
-    await _send({"type": "http.response.body", "body": b"", "more_body": True})
-    disconnected = asyncio.Event()
+    def _end(why: str) -> None:  # the client is gone: stop the reader and the producer with it
+        nonlocal ended
+        if not ended:  # the task is then suspended in the loop below, where this is caught
+            ended = True
+            log.info("stream ended early: %s", why)
+            task.cancel()
 
     async def _watch() -> None:
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                disconnected.set()
-                return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        _end("client disconnected")
 
-    watcher = asyncio.create_task(_watch())
+    async def _watchdog() -> None:
+        while True:
+            now = loop.time()
+            if sending and send_timeout > 0 and now - send_at >= send_timeout:
+                return _end("send timed out")
+            if not sending and ping_interval > 0 and now - send_at >= ping_interval:
+                try:
+                    async with lock, asyncio.timeout(send_timeout or None):
+                        await _send({"type": "http.response.body", "body": PING,
+                                     "more_body": True})
+                except (TimeoutError, OSError, RuntimeError) as e:
+                    return _end(type(e).__name__)
+                continue
+            due = [(send_at if sending else now) + send_timeout] if send_timeout > 0 else []
+            if ping_interval > 0:
+                due.append((now if sending else send_at) + ping_interval)
+            await asyncio.sleep(min(due) - now)
+
+    helpers = [asyncio.create_task(_watch())]
+    if ping_interval > 0 or send_timeout > 0:
+        helpers.append(asyncio.create_task(_watchdog()))
     it = body.__aiter__()
-    nxt: asyncio.Task | None = None
     completed = False
     try:
-        while not disconnected.is_set():
-            if nxt is None:
-                nxt = asyncio.ensure_future(it.__anext__())
-            gone = asyncio.ensure_future(disconnected.wait())
-            timeout = ping_interval if ping_interval > 0 else None
-            done, _ = await asyncio.wait({nxt, gone}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            gone.cancel()
-            if nxt in done:
-                t, nxt = nxt, None
-                try:
-                    chunk = t.result()
-                except StopAsyncIteration:
-                    completed = True
-                    break
+        await _send({"type": "http.response.start", "status": status,
+                     "headers": SSE_HEADERS + (headers or [])})
+        # An empty body pushes the headers through middleware that holds them until the first
+        # body (Starlette's GZipMiddleware before it exempted text/event-stream), so a queued
+        # request's client sees its 200 at once; uvicorn writes nothing for it.
+        await _send({"type": "http.response.body", "body": b"", "more_body": True})
+        async for chunk in it:
+            async with lock:
                 await _send({"type": "http.response.body", "body": chunk, "more_body": True})
-            elif not done:
-                await _send({"type": "http.response.body", "body": PING, "more_body": True})
-        if completed:
+        completed = True
+        async with lock:
             await _send({"type": "http.response.body", "body": b"", "more_body": False})
     except (TimeoutError, OSError, RuntimeError) as e:  # the client is gone
+        completed = False
         log.info("stream ended early: %s", type(e).__name__)
+    except asyncio.CancelledError:
+        if not ended:
+            raise
+        task.uncancel()
+        completed = False
     finally:
-        watcher.cancel()
-        if nxt is not None:
-            nxt.cancel()
+        ended = True  # a disconnect from here on must not cancel the task
+        for h in helpers:
+            h.cancel()
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             try:
