@@ -141,17 +141,15 @@ async def stream_events(send, receive, body: AsyncIterator[bytes], *, ping_inter
         async for chunk in it:
             async with lock:
                 await _send({"type": "http.response.body", "body": chunk, "more_body": True})
-        completed = True
         async with lock:
             await _send({"type": "http.response.body", "body": b"", "more_body": False})
+        completed = True
     except (TimeoutError, OSError, RuntimeError) as e:  # the client is gone
-        completed = False
         log.info("stream ended early: %s", type(e).__name__)
     except asyncio.CancelledError:
         if not ended:
             raise
         task.uncancel()
-        completed = False
     finally:
         ended = True  # a disconnect from here on must not cancel the task
         for h in helpers:
