@@ -1,12 +1,14 @@
 """A step that decodes some sequences while prefilling a prompt chunk: one ``llama_decode`` of
-the mixed batch vs the chunk in a decode of its own, then the decodes (``Runner.run`` does the
-latter when the chunk needs no logits).
+the mixed batch vs ``Runner.run``, which decodes the chunk on its own first and then the decodes
+(with ``--last``, the chunk is a prompt's last and needs logits: all but its last token go
+ahead, that token joins the decodes).
 
     python benchmarks/mixed_step.py [--threads 2] [--chunk 64] [--ctx 600] [--reps 10]
+                                    [--last] [--slot 7]
 
-Seven sequences of ``--ctx`` tokens decode one token each while an eighth prefills ``--chunk``
-tokens at the same depth (separate KV streams, bundled SmolLM2 or --gguf). The two forms
-alternate within each repetition; prints the median of each.
+Seven sequences of ``--ctx`` tokens decode one token each while the one with id ``--slot``
+prefills ``--chunk`` tokens at the same depth (separate KV streams, bundled SmolLM2 or --gguf).
+The two forms alternate within each repetition; prints the median of each.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=64)
     p.add_argument("--ctx", type=int, default=600)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--last", action="store_true", help="the chunk is a prompt's last (logits)")
+    p.add_argument("--slot", type=int, default=7, choices=range(8), help="the prefilling id")
     args = p.parse_args()
     r = Runner(Model(args.gguf or bundled_model_path()), RunnerConfig(16384, 8, args.threads, 512))
     for s in range(8):
@@ -47,13 +51,14 @@ def main() -> None:
             r.run(StepPlan(work=[Work(_seq(s), chunk, pos, pos + len(chunk) == args.ctx)]))
 
     def timed(i: int, split: bool) -> float:
-        decodes = [Work(_seq(s), [100 + i], args.ctx, True) for s in range(7)]
-        chunk = Work(_seq(7), _tokens(99 + i, args.chunk), args.ctx, False)
+        decodes = [Work(_seq(s), [100 + i], args.ctx, True) for s in range(8) if s != args.slot]
+        chunk = Work(_seq(args.slot), _tokens(99 + i, args.chunk), args.ctx, args.last)
+        work = sorted([*decodes, chunk], key=lambda w: w.seq.slot)
         t0 = time.perf_counter()
         if split:
-            r.run(StepPlan(work=[*decodes, chunk]))  # the chunk goes ahead in its own decode
+            r.run(StepPlan(work=work))  # the chunk goes ahead in its own decode
         else:
-            r._decode([*decodes, chunk])  # one mixed batch (what run did before)
+            r._decode(work)  # one mixed batch
         dt = time.perf_counter() - t0
         for s in range(8):
             r.trim(s, args.ctx)
@@ -64,8 +69,9 @@ def main() -> None:
         mixed.append(timed(i, False))
         split.append(timed(i, True))
     m, s2 = statistics.median(mixed) * 1e3, statistics.median(split) * 1e3
-    print(f"7 decodes + a {args.chunk}-token chunk at {args.ctx}: one mixed decode {m:.1f} ms, "
-          f"chunk ahead in its own decode {s2:.1f} ms ({s2 / m:.2f}x)")
+    kind = "last chunk" if args.last else "chunk"
+    print(f"7 decodes + a {args.chunk}-token {kind} (id {args.slot}) at {args.ctx}: one mixed "
+          f"decode {m:.1f} ms, Runner.run {s2:.1f} ms ({s2 / m:.2f}x)")
     r.close()
 
 

@@ -113,3 +113,31 @@ def test_a_step_decodes_its_sequences_in_id_order_whatever_the_plan_order(runner
         assert rows[s.id] == b.n_tokens - 1 or ids[rows[s.id] + 1] != s.slot
     for slot in range(4):
         runner.clear_slot(slot)
+
+
+def test_a_last_chunk_beside_decodes_joins_them_by_one_token_with_the_same_logits(runner):
+    # the chunk but its last token goes ahead, so the decode that reads logits holds one token
+    # per sequence (one ubatch over separate streams; benchmarks/mixed_step.py --last)
+    a = runner.model.tokenize("The ferry leaves the harbour at dawn. " * 3)
+    b = runner.model.tokenize("Gulls circle the quay while the rain comes in. " * 3)
+    s0, s1 = (Sequence(t, SamplingParams(), 1, lambda o: None) for t in (a, b))
+    s0.slot, s1.slot = 0, 1
+
+    def last_chunk_logits(beside_decode: bool):
+        for slot in range(4):
+            runner.clear_slot(slot)
+        runner.run(StepPlan(work=[Work(s0, a, 0, True), Work(s1, b[:10], 0, False)]))
+        work = [Work(s1, b[10:], 10, True)]
+        if beside_decode:
+            work.insert(0, Work(s0, [a[-1]], len(a), True))
+        rows = runner.run(StepPlan(work=work))
+        n_tokens = runner.batch.n_tokens
+        return runner.logits(rows[s1.id]).copy(), n_tokens
+
+    alone, _ = last_chunk_logits(False)
+    beside, n_tokens = last_chunk_logits(True)
+    assert n_tokens == 2  # the decode's token and the chunk's last
+    assert int(beside.argmax()) == int(alone.argmax())
+    assert abs(beside - alone).max() < 0.05, abs(beside - alone).max()
+    for slot in range(4):
+        runner.clear_slot(slot)

@@ -210,18 +210,32 @@ class Runner:
     def run(self, plan: StepPlan) -> dict[int, int]:
         """Decode every piece of work; return {sequence id: first logits row} (a work item's
         ``n_logits`` rows are contiguous from there). Prompt chunks that need no logits go in a
-        ``llama_decode`` of their own before the rest when the step also decodes other work:
-        measured cheaper than one mixed batch (``benchmarks/mixed_step.py``)."""
+        ``llama_decode`` of their own before the rest when the step also decodes other work, and
+        so does a prompt's last chunk but its last token when other sequences decode: the second
+        decode then holds one token per sequence, one ubatch (llama.cpp cuts a mixed batch over
+        separate streams into equal-length pieces); both measured cheaper than one mixed batch
+        (``benchmarks/mixed_step.py``)."""
         for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
             if self.keepable(src, keep) != keep:
                 raise DecodeError(f"slot {src} could not share {keep} KV cells as planned")
             self.copy(src, dst, keep)
         work = sorted(plan.work, key=_by_slot)
-        ahead = [w for w in work if not w.logits and w.image is None]
-        if ahead and len(ahead) < len(work):
+        decoding = any(w.logits and len(w.tokens) == 1 + len(w.draft) for w in work)
+        ahead: list[Work] = []
+        rest: list[Work] = []
+        for w in work:
+            if w.image is not None or (w.logits and (not decoding or len(w.tokens) == 1 or w.draft)):
+                rest.append(w)
+            elif w.logits:  # a prompt's last chunk beside decodes: only its last token joins them
+                n = len(w.tokens) - 1
+                ahead.append(Work(w.seq, w.tokens[:n], w.pos, False))
+                rest.append(Work(w.seq, w.tokens[n:], w.pos + n, True))
+            else:
+                ahead.append(w)
+        if ahead and rest:
             self._decode(ahead)
-            work = [w for w in work if w.logits or w.image is not None]
+            work = rest
         return self._decode(work)
 
     def _decode(self, work: list[Work]) -> dict[int, int]:
