@@ -46,14 +46,14 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
     fake_run(s, s.schedule())
     b = seq(list(range(2000)))
     s.add(b)
-    chunks = 0
+    sizes = []
     while b.in_prefill:
         plan = s.schedule()
         assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
-        assert sum(len(w.tokens) for w in plan.work if w.seq is b) <= 64
+        sizes.append(sum(len(w.tokens) for w in plan.work if w.seq is b))
         fake_run(s, plan)
-        chunks += 1
-    assert chunks == -(-2000 // 64)
+    # 64-token chunks; the 16-token tail rides with the last one (a short chunk costs more a token)
+    assert sizes == [64] * 30 + [80]
 
 
 def test_alone_a_long_prompt_uses_the_whole_batch():

@@ -24,7 +24,9 @@ Invariants:
   turn whose history is cached does not queue behind every first turn that arrived before it.
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
-  step while other sequences are decoding, so a long prompt never stalls running streams.
+  step while other sequences are decoding (or, for a prompt's end, its last ``2 x prefill_chunk
+  - 1``: a short tail chunk costs more a token, ``benchmarks/mixed_step.py``), so a long prompt
+  never stalls running streams.
 - A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt (same
   namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does
   not recompute them: it waits until that sequence has computed them, then its slot gets a copy of the other's
@@ -195,7 +197,10 @@ class Scheduler:
                 plan.work.append(Work(seq, seq.prompt[pos:pos + n], pos, False, image=image))
                 budget -= n
             else:
-                n = min(seq.text_until(pos) - pos, chunk_cap, budget)
+                left = seq.text_until(pos) - pos
+                n = min(left, chunk_cap, budget)
+                if n < left <= budget and left - n < self.prefill_chunk:
+                    n = left  # no short tail for a later step: it costs more a token (below 64)
                 done = pos + n == seq.prefill_end
                 # the prompt's last chunk may carry a draft of the first tokens (verified as usual)
                 draft = self._draft(seq, pos + n, budget - n) if done else []
