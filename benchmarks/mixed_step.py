@@ -56,7 +56,7 @@ def main() -> None:
         work = sorted([*decodes, chunk], key=lambda w: w.seq.slot)
         t0 = time.perf_counter()
         if split:
-            r.run(StepPlan(work=work))  # the chunk goes ahead in its own decode
+            r.run(StepPlan(work=work))  # the chunk (but a last chunk's last token) goes ahead
         else:
             r._decode(work)  # one mixed batch
         dt = time.perf_counter() - t0

@@ -225,12 +225,13 @@ class Runner:
         ahead: list[Work] = []
         rest: list[Work] = []
         for w in work:
-            if w.image is not None or (w.logits and (not decoding or len(w.tokens) == 1 or w.draft)):
-                rest.append(w)
-            elif w.logits:  # a prompt's last chunk beside decodes: only its last token joins them
+            if decoding and w.logits and w.image is None and not w.draft and len(w.tokens) > 1:
+                # a prompt's last chunk beside decodes: only its last token joins them
                 n = len(w.tokens) - 1
                 ahead.append(Work(w.seq, w.tokens[:n], w.pos, False))
                 rest.append(Work(w.seq, w.tokens[n:], w.pos + n, True))
+            elif w.logits or w.image is not None:
+                rest.append(w)
             else:
                 ahead.append(w)
         if ahead and rest:
