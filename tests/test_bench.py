@@ -37,7 +37,7 @@ from ferry.bench.peers import (
     free_port,
     managed_server,
 )
-from ferry.bench.report import TURN_COLUMNS, Row, ratios, table
+from ferry.bench.report import TURN_COLUMNS, Row, ratios, table, ttft_ratios
 from ferry.bench.stats import LevelSummary, RequestResult, percentile, summarize, tokens_per_second
 
 TOKEN_DELAY_S = 0.02  # the tiny server's pace between content chunks
@@ -80,8 +80,9 @@ def test_summary_pools_gaps_and_leaves_failed_requests_out() -> None:
     assert s.first_error == "HTTP 500: boom"
 
 
-def _summary(concurrency: int, tok_s: float) -> LevelSummary:
-    return LevelSummary(concurrency, 1, 0, 0, 1.0, int(tok_s), tok_s, 1.0, *([None] * 5), None)
+def _summary(concurrency: int, tok_s: float, ttft_s: float | None = None) -> LevelSummary:
+    return LevelSummary(concurrency, 1, 0, 0, 1.0, int(tok_s), tok_s, 1.0, ttft_s,
+                        *([None] * 4), None)
 
 
 def test_ratios_compare_each_target_with_the_first_at_the_same_level() -> None:
@@ -101,6 +102,17 @@ def test_with_rounds_ratios_are_taken_within_each_round_and_summarised_by_median
     ]  # fmt: skip
     assert ratios(rows) == pytest.approx([1.0, 1.1, 0.8, 1.0, 1.0, 0.9])
     assert "c=8   b                0.900  [1.10, 0.80, 0.90]" in table(rows)
+
+
+def test_with_rounds_ttft_speed_is_the_first_targets_ttft_over_each_targets_in_its_round() -> None:
+    rows = [
+        Row("a", "u", _summary(1, 1.0, 8.0), 0), Row("b", "u", _summary(1, 1.0, 10.0), 0),
+        Row("b", "u", _summary(1, 1.0, 5.0), 1), Row("a", "u", _summary(1, 1.0, 6.0), 1),
+        Row("a", "u", _summary(1, 1.0, 9.0), 2), Row("b", "u", _summary(1, 1.0, None), 2),
+    ]  # fmt: skip
+    speeds = ttft_ratios(rows)
+    assert speeds[:5] == pytest.approx([1.0, 0.8, 1.2, 1.0, 1.0]) and speeds[5] is None
+    assert "c=1   b                1.000  [0.80, 1.20]" in table(rows).split("TTFT p50 speed")[1]
 
 
 def test_rounds_must_be_a_positive_integer(capsys) -> None:

@@ -38,16 +38,40 @@ def ratios(rows: list[Row]) -> list[float | None]:
     return out
 
 
+def ttft_ratios(rows: list[Row]) -> list[float | None]:
+    """The first target's TTFT p50 over each row's, at the same concurrency and round: how many
+    times faster a row reaches its first token (prefill speed when prompts are long)."""
+    if not rows:
+        return []
+    base: dict[tuple[int, int], float] = {}
+    for row in rows:
+        if row.target == rows[0].target and row.summary.ttft_p50_s:
+            base.setdefault((row.summary.concurrency, row.round), row.summary.ttft_p50_s)
+    out: list[float | None] = []
+    for row in rows:
+        b, t = base.get((row.summary.concurrency, row.round)), row.summary.ttft_p50_s
+        out.append(b / t if b and t else None)
+    return out
+
+
 def round_summary(rows: list[Row]) -> str:
-    """With several rounds: each target's ratio per round and their median, per level."""
+    """With several rounds: each target's tok/s ratio and TTFT speed ratio per round, and their
+    medians, per level."""
     if len({r.round for r in rows}) < 2:
         return ""
     per: dict[tuple[int, str], list[float]] = {}
-    for row, ratio in zip(rows, ratios(rows), strict=True):
+    fast: dict[tuple[int, str], list[float]] = {}
+    for row, ratio, speed in zip(rows, ratios(rows), ttft_ratios(rows), strict=True):
         if ratio is not None:
             per.setdefault((row.summary.concurrency, row.target), []).append(ratio)
+        if speed is not None:
+            fast.setdefault((row.summary.concurrency, row.target), []).append(speed)
     lines = ["", "x first by round (median):"]
     for (conc, target), rs in per.items():
+        lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
+                     f"[{', '.join(f'{r:.2f}' for r in rs)}]")
+    lines += ["", "TTFT p50 speed, first's TTFT / target's, by round (median):"]
+    for (conc, target), rs in fast.items():
         lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
                      f"[{', '.join(f'{r:.2f}' for r in rs)}]")
     return "\n".join(lines)
