@@ -88,9 +88,9 @@ def test_a_restore_without_room_fails_cleanly(runner):
 
 
 def bytearray_blob(data: bytes):
-    import ctypes
+    import numpy as np
 
-    return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+    return np.frombuffer(data, np.uint8).copy()  # the runner's blob type, a fresh buffer
 
 
 def test_a_step_decodes_its_sequences_in_id_order_whatever_the_plan_order(runner):
