@@ -4,11 +4,16 @@ the mixed batch vs ``Runner.run``, which decodes the chunk on its own first and 
 ahead, that token joins the decodes).
 
     python benchmarks/mixed_step.py [--threads 2] [--chunk 64] [--ctx 600] [--reps 10]
-                                    [--last] [--slot 7]
+                                    [--last] [--slot 7] [--holes]
 
 Seven sequences of ``--ctx`` tokens decode one token each while the one with id ``--slot``
 prefills ``--chunk`` tokens at the same depth (separate KV streams, bundled SmolLM2 or --gguf).
 The two forms alternate within each repetition; prints the median of each.
+
+``--holes`` compares three forms of a step, each repeated ``--reps`` times in a row (as in a
+server, where llama.cpp can reuse the graph of the step before): ``Runner.run``; the chunk alone,
+then the 7 decodes without the chunk's id (a gap in the ids: llama.cpp cuts that batch in two);
+one mixed decode.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--last", action="store_true", help="the chunk is a prompt's last (logits)")
     p.add_argument("--slot", type=int, default=7, choices=range(8), help="the prefilling id")
+    p.add_argument("--holes", action="store_true", help="Runner.run vs leaving the id out")
     args = p.parse_args()
     r = Runner(Model(args.gguf or bundled_model_path()), RunnerConfig(16384, 8, args.threads, 512))
     for s in range(8):
@@ -50,12 +56,15 @@ def main() -> None:
             chunk = toks[pos:pos + 512]
             r.run(StepPlan(work=[Work(_seq(s), chunk, pos, pos + len(chunk) == args.ctx)]))
 
-    def timed(i: int, split: bool) -> float:
+    def timed(i: int, split: bool | None) -> float:
         decodes = [Work(_seq(s), [100 + i], args.ctx, True) for s in range(8) if s != args.slot]
         chunk = Work(_seq(args.slot), _tokens(99 + i, args.chunk), args.ctx, args.last)
         work = sorted([*decodes, chunk], key=lambda w: w.seq.slot)
         t0 = time.perf_counter()
-        if split:
+        if split is None:  # the chunk alone, then the decodes with a gap at its id
+            r._decode([chunk])
+            r._decode(decodes)
+        elif split:
             r.run(StepPlan(work=work))  # the chunk (but a last chunk's last token) goes ahead
         else:
             r._decode(work)  # one mixed batch
@@ -64,6 +73,15 @@ def main() -> None:
             r.trim(s, args.ctx)
         return dt
 
+    if args.holes:
+        forms = {"Runner.run": True, "chunk alone, then decodes with a gap": None,
+                 "one mixed decode": False}
+        for name, form in forms.items():
+            ms = statistics.median(timed(i, form) for i in range(args.reps)) * 1e3
+            print(f"7 decodes + a {args.chunk}-token chunk (id {args.slot}) at {args.ctx}: "
+                  f"{name} {ms:.1f} ms")
+        r.close()
+        return
     mixed, split = [], []
     for i in range(args.reps):
         mixed.append(timed(i, False))

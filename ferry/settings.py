@@ -126,9 +126,9 @@ class EngineOptions(FlagGroup):
                          description="CPU threads for llama.cpp",
                          json_schema_extra=_meta(default="the number of CPUs"))
     batch_size: int = Field(BATCH_SIZE, ge=32, description="max tokens in one llama_decode")
-    prefill_chunk: int = Field(64, ge=8, description="prompt tokens prefilled per step while "
-                               "other streams are decoding (a prompt's last chunk takes its tail "
-                               "too: up to 2N-1)")
+    prefill_chunk: int = Field(64, ge=8, description="prompt tokens prefilled in one batch per "
+                               "step while other streams are decoding, plus one beside the "
+                               "decodes (a prompt's last chunk takes its tail too: up to 2N+1)")
     speculative: Literal["none", "ngram", "draft"] = Field(
         "none", description="speculative decoding: none; ngram (prompt lookup: drafts copied "
         "from the prompt and the text so far); draft (a smaller model, --draft-model, drafts "

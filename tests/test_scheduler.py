@@ -52,8 +52,35 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
         assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
         sizes.append(sum(len(w.tokens) for w in plan.work if w.seq is b))
         fake_run(s, plan)
-    # 64-token chunks; the 16-token tail rides with the last one (a short chunk costs more a token)
-    assert sizes == [64] * 30 + [80]
+    # 65-token chunks (64 in a batch of their own, one beside the decodes); the 50-token tail
+    # rides with the last one (a short chunk costs more a token)
+    assert sizes == [65] * 29 + [115]
+
+
+def test_while_others_decode_every_prefilling_sequence_computes_at_least_one_token_a_step():
+    # the runner puts each item's last token beside the decodes: no running id is missing from
+    # that ubatch, so llama.cpp does not cut it at a gap
+    s = Scheduler(n_slots=4, max_batch_tokens=512, prefill_chunk=64)
+    a = seq([1, 2], max_tokens=100)
+    s.add(a)
+    fake_run(s, s.schedule())
+    b, c, d = seq(list(range(300))), seq(list(range(1000, 1200))), seq(list(range(2000, 2002)))
+    for q in (b, c, d):
+        s.add(q)
+    first = s.schedule()  # admitted fewest tokens first: d, c, b
+    assert {w.seq.id: (len(w.tokens), w.logits) for w in first.work} == {
+        a.id: (1, True), d.id: (2, True), c.id: (63, False), b.id: (1, False)}
+    fake_run(s, first)
+    seen: dict[int, list[int]] = {b.id: [], c.id: []}
+    while b.in_prefill or c.in_prefill:
+        plan = s.schedule()
+        assert {w.seq.id for w in plan.work} == {q.id for q in s.running}
+        for w in plan.work:
+            if w.seq.id in seen and w.seq.in_prefill:
+                seen[w.seq.id].append(len(w.tokens))
+        fake_run(s, plan)
+    # b computes one token a step while c takes the chunks (the last with its tail), then its own
+    assert seen[c.id] == [65, 72] and seen[b.id] == [1, 1, 65, 65, 65, 102]
 
 
 def test_alone_a_long_prompt_uses_the_whole_batch():

@@ -214,12 +214,13 @@ class Runner:
 
     def run(self, plan: StepPlan) -> dict[int, int]:
         """Decode every piece of work; return {sequence id: first logits row} (a work item's
-        ``n_logits`` rows are contiguous from there). Prompt chunks that need no logits go in a
-        ``llama_decode`` of their own before the rest when the step also decodes other work, and
-        so does a prompt's last chunk but its last token when other sequences decode: the second
-        decode then holds one token per sequence, one ubatch (llama.cpp cuts a mixed batch over
-        separate streams into equal-length pieces); both measured cheaper than one mixed batch
-        (``benchmarks/mixed_step.py``)."""
+        ``n_logits`` rows are contiguous from there). When the step also decodes, every prompt
+        chunk but its last token goes in a ``llama_decode`` of its own first, and those last
+        tokens join the decodes: the second decode then holds one token per running sequence, in
+        one ubatch with no gap in the ids (llama.cpp cuts a batch over separate streams into
+        equal-length pieces of consecutive ids). Measured cheaper than one mixed batch and than
+        leaving the chunk's id out (``benchmarks/mixed_step.py``). Without decodes, prompt chunks
+        that need no logits go ahead of the ones that do."""
         for src, dst, keep in plan.copies:
             ll.llama_memory_seq_rm(self.mem, dst, -1, -1)
             if self.keepable(src, keep) != keep:
@@ -230,12 +231,11 @@ class Runner:
         ahead: list[Work] = []
         rest: list[Work] = []
         for w in work:
-            if decoding and w.logits and w.image is None and not w.draft and len(w.tokens) > 1:
-                # a prompt's last chunk beside decodes: only its last token joins them
+            if decoding and w.image is None and not w.draft and len(w.tokens) > 1:
                 n = len(w.tokens) - 1
                 ahead.append(Work(w.seq, w.tokens[:n], w.pos, False))
-                rest.append(Work(w.seq, w.tokens[n:], w.pos + n, True))
-            elif w.logits or w.image is not None:
+                rest.append(Work(w.seq, w.tokens[n:], w.pos + n, w.logits))
+            elif decoding or w.logits or w.image is not None:
                 rest.append(w)
             else:
                 ahead.append(w)

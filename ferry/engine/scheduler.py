@@ -23,10 +23,11 @@ Invariants:
   sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and a follow-up
   turn whose history is cached does not queue behind every first turn that arrived before it.
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
-  chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk`` tokens per
-  step while other sequences are decoding (or, for a prompt's end, its last ``2 x prefill_chunk
-  - 1``: a short tail chunk costs more a token, ``benchmarks/mixed_step.py``), so a long prompt
-  never stalls running streams.
+  chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk + 1``
+  tokens per step while other sequences are decoding (or, for a prompt's end, its last
+  ``2 x prefill_chunk + 1``: a short tail chunk costs more a token, ``benchmarks/mixed_step.py``),
+  so a long prompt never stalls running streams. Meanwhile every other prefilling sequence
+  computes one prompt token a step (``_plan_prefill``).
 - A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt (same
   namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does
   not recompute them: it waits until that sequence has computed them, then its slot gets a copy of the other's
@@ -178,10 +179,19 @@ class Scheduler:
             spare -= len(draft)
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
-        self._plan_prefill(plan, budget, self.prefill_chunk if decoding else budget)
+        if decoding:  # the runner decodes a chunk's last token beside the decodes (see below)
+            self._plan_prefill(plan, budget, self.prefill_chunk + 1, fill=True)
+        else:
+            self._plan_prefill(plan, budget, budget, fill=False)
         return plan
 
-    def _plan_prefill(self, plan: StepPlan, budget: int, chunk_cap: int) -> None:
+    def _plan_prefill(self, plan: StepPlan, budget: int, chunk_cap: int, fill: bool) -> None:
+        """Prompt chunks from ``budget``, at most ``chunk_cap`` tokens in all. With ``fill`` (others
+        decode), a prefilling sequence the cap leaves out still computes its next prompt token: the
+        runner decodes the last token of every item beside the decodes, so every running id is in
+        that one ubatch (llama.cpp cuts a batch over separate streams at a gap in the ids: a hole
+        cost ~7 ms a step, a token there ~4 ms, ``benchmarks/mixed_step.py --holes``)."""
+        chunk = chunk_cap
         first = True
         for seq in self.running:
             if budget <= 0:
@@ -190,6 +200,11 @@ class Scheduler:
                 continue
             pos = seq.num_computed
             image = seq.image_at(pos)
+            if chunk_cap <= 0:
+                if fill and image is None:
+                    self._plan_chunk(plan, seq, pos, 1, budget)
+                    budget -= 1
+                continue
             if image is not None:
                 if image.n_tokens > budget and not first:
                     continue  # never split an image; it goes first in a later step
@@ -199,17 +214,19 @@ class Scheduler:
             else:
                 left = seq.text_until(pos) - pos
                 n = min(left, chunk_cap, budget)
-                if n < left <= budget and left - n < self.prefill_chunk:
+                if n < left <= budget and left - n < chunk:
                     n = left  # no short tail for a later step: it costs more a token (below 64)
-                done = pos + n == seq.prefill_end
-                # the prompt's last chunk may carry a draft of the first tokens (verified as usual)
-                draft = self._draft(seq, pos + n, budget - n) if done else []
-                plan.work.append(Work(seq, seq.tokens_at(pos, n) + draft, pos, done, draft))
-                budget -= n + len(draft)
+                budget -= n + self._plan_chunk(plan, seq, pos, n, budget - n)
             first = False
             chunk_cap -= n
-            if chunk_cap <= 0:
-                break
+
+    def _plan_chunk(self, plan: StepPlan, seq: Sequence, pos: int, n: int, spare: int) -> int:
+        """Plan ``seq``'s prompt tokens ``pos .. pos + n``; the prompt's last chunk may carry a
+        draft of the first tokens (verified as usual). Returns the draft's length."""
+        done = pos + n == seq.prefill_end
+        draft = self._draft(seq, pos + n, spare) if done else []
+        plan.work.append(Work(seq, seq.tokens_at(pos, n) + draft, pos, done, draft))
+        return len(draft)
 
     def _take_share(self, seq: Sequence, plan: StepPlan) -> bool:
         """False while ``seq`` waits for its source to compute the shared prefix; once it has,
