@@ -22,36 +22,27 @@ class Row:
     round: int = 0
 
 
-def ratios(rows: list[Row]) -> list[float | None]:
-    """Output tok/s of each row over the first target's at the same concurrency and round."""
-    if not rows:
-        return []
-    first_target = rows[0].target
+def _first_values(rows: list[Row], value) -> list[float | None]:
+    """For each row, ``value`` of the first target's summary at the same concurrency and round."""
     base: dict[tuple[int, int], float] = {}
     for row in rows:
-        if row.target == first_target:
-            base.setdefault((row.summary.concurrency, row.round), row.summary.output_tok_s)
-    out: list[float | None] = []
-    for row in rows:
-        b = base.get((row.summary.concurrency, row.round), 0.0)
-        out.append(row.summary.output_tok_s / b if b > 0 else None)
-    return out
+        if row.target == rows[0].target:
+            base.setdefault((row.summary.concurrency, row.round), value(row.summary))
+    return [base.get((row.summary.concurrency, row.round)) for row in rows]
+
+
+def ratios(rows: list[Row]) -> list[float | None]:
+    """Output tok/s of each row over the first target's at the same concurrency and round."""
+    firsts = _first_values(rows, lambda s: s.output_tok_s)
+    return [row.summary.output_tok_s / b if b else None for row, b in zip(rows, firsts)]
 
 
 def ttft_ratios(rows: list[Row]) -> list[float | None]:
     """The first target's TTFT p50 over each row's, at the same concurrency and round: how many
     times faster a row reaches its first token (prefill speed when prompts are long)."""
-    if not rows:
-        return []
-    base: dict[tuple[int, int], float] = {}
-    for row in rows:
-        if row.target == rows[0].target and row.summary.ttft_p50_s:
-            base.setdefault((row.summary.concurrency, row.round), row.summary.ttft_p50_s)
-    out: list[float | None] = []
-    for row in rows:
-        b, t = base.get((row.summary.concurrency, row.round)), row.summary.ttft_p50_s
-        out.append(b / t if b and t else None)
-    return out
+    firsts = _first_values(rows, lambda s: s.ttft_p50_s)
+    return [b / row.summary.ttft_p50_s if b and row.summary.ttft_p50_s else None
+            for row, b in zip(rows, firsts)]
 
 
 def round_summary(rows: list[Row]) -> str:
@@ -66,14 +57,13 @@ def round_summary(rows: list[Row]) -> str:
             per.setdefault((row.summary.concurrency, row.target), []).append(ratio)
         if speed is not None:
             fast.setdefault((row.summary.concurrency, row.target), []).append(speed)
-    lines = ["", "x first by round (median):"]
-    for (conc, target), rs in per.items():
-        lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
-                     f"[{', '.join(f'{r:.2f}' for r in rs)}]")
-    lines += ["", "TTFT p50 speed, first's TTFT / target's, by round (median):"]
-    for (conc, target), rs in fast.items():
-        lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
-                     f"[{', '.join(f'{r:.2f}' for r in rs)}]")
+    lines: list[str] = []
+    for title, groups in (("x first by round (median):", per),
+                          ("TTFT p50 speed, first's TTFT / target's, by round (median):", fast)):
+        lines += ["", title]
+        for (conc, target), rs in groups.items():
+            lines.append(f"  c={conc:<3} {target:<16} {statistics.median(rs):.3f}  "
+                         f"[{', '.join(f'{r:.2f}' for r in rs)}]")
     return "\n".join(lines)
 
 
