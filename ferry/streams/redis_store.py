@@ -30,10 +30,10 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.asyncio.retry import Retry
 
 from ferry.errors import ServiceUnavailable
 from ferry.sse import Event, encode
