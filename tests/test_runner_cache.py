@@ -73,9 +73,16 @@ def test_a_copy_survives_a_restore_into_its_source_before_the_next_decode(runner
     assert bytes(runner.save(0)) == original
 
 
-def test_a_restore_without_room_fails_cleanly(runner):
-    if not runner.unified:
-        pytest.skip("a stream always has room for what it held")
+def test_a_restore_without_room_fails_cleanly(model):
+    # unified KV only: a stream always has room for what it held
+    runner = Runner(model, RunnerConfig(512, 2, 2, 256, n_seq_max=4, kv_unified=True))
+    try:
+        _restore_without_room(runner)
+    finally:
+        runner.close()
+
+
+def _restore_without_room(runner: Runner) -> None:
     tokens = runner.model.tokenize("word " * 300)[:240]
     for slot in range(4):
         runner.clear_slot(slot)
