@@ -1,16 +1,18 @@
 """Admission policy under the multi-turn load, simulated: the real Scheduler and PromptCache, a
-fake KV backend, and a step-time model fitted to this machine's llama.cpp numbers.
+fake KV backend, and a step-time model fitted to this machine's llama.cpp traces.
 
-    .venv/bin/python benchmarks/admission_sim.py --conversations 24,64 [--fifo]
+    .venv/bin/python benchmarks/admission_sim.py --conversations 24,64 [--fifo] [--last-cold 0,6]
 
 Each conversation has its own first prompt (~370 tokens, as ``ferry bench --conversations``
 sends for SmolLM2), then ``--turns - 1`` follow-ups that resend the history with the 48 answer
-tokens and ~22 new ones; a conversation sends its next turn the moment the previous one ends, all
-first turns arrive at t=0 (the bench's closed loop). The step time is
-``12 ms + 5.5 ms per decoding sequence + 4.2 ms per prefilled token`` (a batch-8 decode step
-50-55 ms, a 64-token chunk beside 7 decodes ~330 ms: RESULTS.md, benchmarks/mixed_step.py and
-batch_order.py) plus 1 ms per MB moved by a RAM save or restore. It says which admission order
-gives what TTFTs, not what the real server reaches: confirm with ``ferry bench``.
+tokens and ~22 new ones; a conversation sends its next turn ``--rtt`` seconds after the previous
+one ends, all first turns arrive at t=0 (the bench's closed loop). The step time is what
+``benchmarks/step_trace`` measured for Ferry at the end of a 24-conversation run (2 threads):
+a decode of w sequences on consecutive ids (7.6 ms for 1 ... 37.6 ms for 8), 6 ms more per
+further run of consecutive ids (llama.cpp cuts a batch over separate KV streams at every gap),
+prompt tokens 2.5 ms each (3.2 below a 64-token batch), 1.5 ms of Python a step, and 1 ms per
+3 MB a RAM save, restore or copy moves. It says which admission order gives what TTFTs and
+about what makespan, not what the real server reaches: confirm with ``ferry bench``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
+from ferry.engine.gaps import runs
 from ferry.engine.scheduler import Scheduler
 from ferry.engine.sequence import SamplingParams, Sequence
 
@@ -41,6 +44,7 @@ class Kv:
 
     def copy(self, src: int, dst: int, n: int) -> None:
         self.cells[dst] = n
+        self.moved += 2 * n * BYTES_PER_CELL  # a save and a restore (separate streams)
 
     def save(self, seq_id: int) -> bytes:
         n = self.cells.get(seq_id, 0) * BYTES_PER_CELL
@@ -62,11 +66,31 @@ class Conversation:
     follow_ttft: list[float] = field(default_factory=list)
 
 
-def step_ms(n_decode: int, n_prefill: int, moved_bytes: int) -> float:
-    return 12 + 5.5 * n_decode + 4.2 * n_prefill + moved_bytes / 1e6
+# decode of w sequences on consecutive ids, ms (benchmarks/step_trace, session 11)
+DECODE_MS = {0: 0.0, 1: 7.6, 2: 14.8, 3: 19.5, 4: 22.6, 5: 28.8, 6: 32.1, 7: 36.0, 8: 37.6}
+GAP_MS = 6.0  # per further run of consecutive ids in the decode batch
 
 
-def simulate(n_conv: int, turns: int, slots: int, max_tokens: int, seed: int,
+def step_ms(plan, moved_bytes: int) -> float:
+    """What a step like the runner's costs: prompt chunks' tokens but the last go in a call of
+    their own, the rest (one token per running sequence) in the decode call."""
+    ids, ahead, alone = [], 0, 0
+    decoding = any(w.logits and len(w.tokens) == 1 for w in plan.work)
+    for w in plan.work:
+        if len(w.tokens) == 1 or decoding:
+            ids.append(w.seq.slot)
+            ahead += len(w.tokens) - 1
+        else:
+            alone += len(w.tokens)
+    t = 1.5 + moved_bytes / 3e6 + alone * 2.5
+    if ahead:
+        t += ahead * (2.5 if ahead >= 64 else 3.2)
+    if ids:
+        t += DECODE_MS[min(len(ids), 8)] * max(1, len(ids) / 8) + GAP_MS * (runs(ids) - 1)
+    return t
+
+
+def simulate(n_conv: int, turns: int, slots: int, max_tokens: int, seed: int, rtt: float = 0.03,
              **sched_kw) -> dict[str, float]:
     kv = Kv()
     sched = Scheduler(slots, 512, 64, kv=kv, n_seq_ids=slots, ram_budget=8192 << 20,
@@ -75,6 +99,7 @@ def simulate(n_conv: int, turns: int, slots: int, max_tokens: int, seed: int,
     convs = [Conversation([rng.randrange(50_000) for _ in range(370)], turns,
                           random.Random(rng.random())) for _ in range(n_conv)]
     owner: dict[int, tuple[Conversation, bool]] = {}
+    pending: list[tuple[float, Conversation]] = []  # follow-ups on their way
     now = 0.0
     generated = 0
 
@@ -85,12 +110,16 @@ def simulate(n_conv: int, turns: int, slots: int, max_tokens: int, seed: int,
 
     for c in convs:
         send(c, True)
-    while sched.has_work():
+    while sched.has_work() or pending:
+        for p in [p for p in pending if p[0] <= now]:
+            pending.remove(p)
+            send(p[1], False)
         moved = kv.moved
-        plan = sched.schedule(now)
-        decoding = sum(1 for w in plan.work if w.logits and len(w.tokens) == 1)
-        prefill = plan.num_tokens - decoding
-        now += step_ms(decoding, prefill, kv.moved - moved) / 1000
+        plan = sched.schedule(now) if sched.has_work() else None
+        if plan is None or not plan.work:
+            now = min(p[0] for p in pending)
+            continue
+        now += step_ms(plan, kv.moved - moved) / 1000
         for w in plan.work:
             seq = w.seq
             seq.num_computed = w.pos + len(w.tokens)
@@ -106,7 +135,7 @@ def simulate(n_conv: int, turns: int, slots: int, max_tokens: int, seed: int,
                 c.turns_left -= 1
                 if c.turns_left:
                     c.history = seq.all_tokens + [c.rng.randrange(50_000) for _ in range(22)]
-                    send(c, False)
+                    pending.append((now + rtt, c))
     first = sorted(t for c in convs for t in c.first_ttft)
     follow = sorted(t for c in convs for t in c.follow_ttft)
     return {"tok/s": generated / now, "wall s": now,
@@ -125,17 +154,27 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--rtt", type=float, default=0.03, help="seconds from a turn's end to the "
+                    "next turn's arrival")
+    ap.add_argument("--last-cold", default="", help="comma-separated Scheduler.last_cold values "
+                    "to compare (default: the scheduler's own)")
+    ap.add_argument("--no-close-gaps", action="store_true", help="leave gaps in the ids")
     ap.add_argument("--fifo", action="store_true", help="also admit in arrival order only "
                     "(llama-server's order) for comparison")
     args = ap.parse_args()
-    policies = {"ferry": {}}
+    gaps = {"close_gaps": not args.no_close_gaps}
+    policies: dict[str, dict] = {"ferry": gaps}
+    if args.last_cold:
+        policies = {f"last_cold={v}": {**gaps, "last_cold": int(v)}
+                    for v in args.last_cold.split(",")}
     if args.fifo:
-        policies["fifo"] = {"max_bypass": 0}
+        policies["fifo"] = {**gaps, "max_bypass": 0, "last_cold": 0}
     print("| conversations | policy | tok/s | wall s | 1st TTFT p50 | 1st p99 | follow-up p50 "
           "| follow-up p99 |\n|---|---|---|---|---|---|---|---|")
     for n in map(int, args.conversations.split(",")):
         for name, kw in policies.items():
-            r = simulate(n, args.turns, args.parallel, args.max_tokens, seed=n, **kw)
+            r = simulate(n, args.turns, args.parallel, args.max_tokens, seed=n, rtt=args.rtt,
+                         **kw)
             print(f"| {n} | {name} | {r['tok/s']:.1f} | {r['wall s']:.0f} | {r['1st p50']:.1f} "
                   f"| {r['1st p99']:.1f} | {r['follow p50']:.1f} | {r['follow p99']:.1f} |")
 

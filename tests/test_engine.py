@@ -84,3 +84,31 @@ def test_refused_trims_after_rejected_drafts_recompute_and_keep_greedy_output(sm
         assert out2.num_cached_tokens == 0
 
     asyncio.run(run())
+
+
+def test_a_sequence_moved_to_close_a_gap_in_the_ids_generates_what_it_would_have(smol):
+    # four streams on ids 0-3; the one on id 1 ends first and nothing waits: the sequence on id 3
+    # moves into id 1 (its KV copied through the state API) and must go on exactly as before
+    tpl = ChatTemplate(smol.chat_template, smol.bos_text, smol.eos_text)
+    questions = ["Count from one to thirty in words.", "List the days of the week.",
+                 "List the months of the year, then list them again in reverse order.",
+                 "Write the English alphabet, one letter per line, then again backwards."]
+    prompts = sorted((smol.tokenize(tpl.render([{"role": "user", "content": q}]))
+                      for q in questions), key=len)  # admitted fewest tokens first: ids 0-3
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+
+    async def run(close_gaps: bool) -> tuple[list[list[int]], int]:
+        engine = Engine(smol, engine_config(Settings(ctx_size=4096, parallel=4, threads=2)))
+        engine.scheduler.close_gaps, engine.scheduler.gap_patience = close_gaps, 2
+        engine.start(asyncio.get_running_loop())
+        try:
+            outs = await asyncio.gather(*(generate(engine, p, greedy, 6 if i == 1 else 40)
+                                          for i, p in enumerate(prompts)))
+        finally:
+            engine.stop()
+        return [tokens for tokens, _ in outs], engine.scheduler.stats.moves
+
+    kept, no_moves = asyncio.run(run(False))
+    moved, moves = asyncio.run(run(True))
+    assert no_moves == 0 and moves == 1
+    assert moved == kept

@@ -284,6 +284,29 @@ def test_a_long_queue_of_first_turns_does_not_turn_admission_into_arrival_order(
     assert order == [c[0], c[1], f[0], c[2], c[3], f[1], c[4], c[5], f[2], f[3]]
 
 
+def test_when_few_first_turns_are_left_waiting_they_go_before_cached_follow_ups():
+    """Three first turns wait with three cheap follow-ups: one follow-up goes first, then the
+    oldest first turn (passed over once: the bound). With two left (last_cold), the first turns
+    go before the remaining follow-ups: held back, their conversations would run after the
+    others had ended, in a narrow batch."""
+    kv = FakeKv()
+    s = sched(n_slots=1, n_seq_ids=8, kv=kv, pool_cells=10_000, max_bypass=1, last_cold=2,
+              headroom=1)
+    base = run_one(s, kv, seq(list(range(200)), max_tokens=1))
+    firsts = [seq(list(range(1000 * (i + 1), 1000 * (i + 1) + 300)), max_tokens=1)
+              for i in range(3)]
+    follows = [seq(base.all_tokens[:200] + [i], max_tokens=1) for i in range(3)]
+    for q in firsts + follows:
+        s.add(q)
+    order: list[Sequence] = []
+    while s.has_work():
+        step(s, kv)
+        check(s, kv)
+        order += [q for q in firsts + follows if q.status is not Status.WAITING and q not in order]
+    f, c = firsts, follows
+    assert order == [c[0], f[0], f[1], f[2], c[1], c[2]]
+
+
 def test_the_pool_never_overflows_running_sequences_are_preempted_and_resumed_exactly():
     kv = FakeKv()
     s = sched(n_slots=3, kv=kv, pool_cells=120, n_ctx_seq=120, headroom=1)
@@ -313,7 +336,8 @@ def test_random_conversations_never_see_a_wrong_or_foreign_prefix(data):
     s = sched(n_slots=data.draw(st.integers(1, 3)), kv=kv, min_share=4,
                   n_seq_ids=data.draw(st.integers(3, 6)), pool_cells=400, n_ctx_seq=200,
                   ram_budget=data.draw(st.sampled_from([0, 300, 2000])), min_restore=BLOCK,
-                  headroom=1, max_bypass=2)
+                  headroom=1, max_bypass=2, close_gaps=data.draw(st.booleans()),
+                  gap_patience=data.draw(st.integers(1, 3)))
     convs = [(data.draw(st.sampled_from(["", "k1", "k2"])),
               [data.draw(st.integers(0, 2))] * data.draw(st.integers(1, 40))) for _ in range(4)]
     for _ in range(data.draw(st.integers(3, 12))):
@@ -326,7 +350,7 @@ def test_random_conversations_never_see_a_wrong_or_foreign_prefix(data):
         best = max((common_prefix(e.tokens, prompt) for e in s.cache.entries.values()
                     if e.ns == ns), default=0)
         assert n == (best if best >= BLOCK else 0) and (entry is None or entry.ns == ns)
-        q = seq(prompt, ns, max_tokens=data.draw(st.integers(1, 6)))
+        q = seq(prompt, ns, max_tokens=data.draw(st.integers(1, 12)))
         s.add(q)
         for _ in range(data.draw(st.integers(0, 4))):
             step(s, kv)
@@ -370,3 +394,52 @@ def test_a_pool_entry_used_whole_hands_its_id_over_without_a_copy():
     turn2 = run_one(s, kv, seq(turn1.all_tokens + [7, 8, 9]))
     assert turn2.num_cached == len(turn1.all_tokens) - 1  # all it computed: not the last token
     assert kv.copies == 0 and kv.restores == 0
+
+
+def test_a_gap_in_the_running_ids_closes_after_the_patience_and_moved_sequences_decode_on():
+    # ids 0-3 run; id 1 finishes and nothing waits for it: after gap_patience steps id 3 moves
+    # into it (a batch over separate KV streams is cut at every gap), its cells copied, and the
+    # entry id 1 held goes to RAM intact
+    kv = FakeKv()
+    s = sched(n_slots=4, n_seq_ids=4, kv=kv, ram_budget=100_000, close_gaps=True, gap_patience=3)
+    qs = [seq([i * 100 + t for t in range(40)], max_tokens=3 if i == 1 else 30) for i in range(4)]
+    for q in qs:
+        s.add(q)
+    step(s, kv)
+    assert [q.slot for q in qs] == [0, 1, 2, 3]
+    slots = []
+    while s.has_work():
+        step(s, kv)
+        check(s, kv)
+        slots.append(sorted(q.slot for q in s.running))
+    assert s.stats.moves == 1 and qs[3].slot is None
+    gapped = [x for x in slots if x == [0, 2, 3]]
+    assert len(gapped) == 3 and [0, 1, 2] in slots  # three steps with the gap, then none
+    (moved,) = [e for e in s.cache.entries.values() if e.tokens[0] == 100]
+    assert moved.tier is Tier.RAM
+    for q in qs:  # same output as if each had run alone
+        alone = list(q.prompt)
+        while len(alone) < len(q.prompt) + q.max_tokens:
+            alone.append(toy_model(alone))
+        assert q.all_tokens == alone
+
+
+def test_a_gap_is_left_alone_while_a_sequence_waits_or_without_separate_streams():
+    for waiting, close in ((True, True), (False, False)):
+        kv = FakeKv()
+        # a pool of 200 cells: the 150-token prompt waits until the others have finished
+        s = sched(n_slots=3, n_seq_ids=4, kv=kv, close_gaps=close, gap_patience=1,
+                  pool_cells=200, headroom=1)
+        qs = [seq([i * 100 + t for t in range(40)], max_tokens=2 if i == 1 else 20)
+              for i in range(3)]
+        for q in qs:
+            s.add(q)
+        step(s, kv)
+        if waiting:
+            s.add(seq(list(range(1000, 1150))))
+        gapped = 0
+        while any(q.status is not Status.FINISHED for q in qs):
+            step(s, kv)
+            check(s, kv)
+            gapped += sorted(q.slot for q in s.running) == [0, 2]
+        assert gapped > 5 and s.stats.moves == 0

@@ -104,7 +104,10 @@ class Engine:
                                    self.n_ctx_seq, kv=self.runner, n_seq_ids=rcfg.n_seq_max,
                                    pool_cells=self.runner.n_ctx if cfg.kv_unified else None,
                                    ram_budget=cfg.cache_ram_mib << 20, headroom=headroom,
-                                   kv_keep=self.runner.keepable)
+                                   kv_keep=self.runner.keepable,
+                                   # a stream per id (a batch is cut at gaps in the ids); the draft
+                                   # model's slots mirror the target's, so its ids stay put
+                                   close_gaps=not cfg.kv_unified and cfg.speculative != "draft")
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:

@@ -22,6 +22,11 @@ Invariants:
   was already passed over ``max_bypass`` times while it was the oldest; then it goes first. So a
   sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and a follow-up
   turn whose history is cached does not queue behind every first turn that arrived before it.
+  Except at the end of a backlog: when at most ``last_cold`` (3/4 of the slots) of the waiting
+  sequences are mostly uncached (new conversations), the one of them with the fewest tokens left
+  goes first. Held back longer, a new conversation's every turn would come after the others had
+  finished, in a batch running ever narrower (a closed-loop multi-turn run ended with 3-5 of 8
+  slots busy for its last ~8 s; ``benchmarks/admission_sim.py``).
 - Every step decodes one token for every running sequence past its prompt; prompts are prefilled in
   chunks from what remains of the ``max_batch_tokens`` budget, at most ``prefill_chunk + 1``
   tokens per step while other sequences are decoding (or, for a prompt's end, its last
@@ -39,6 +44,10 @@ Invariants:
   drafts is refused, ``kv_lost`` makes the sequence recompute everything it holds as prefill
   (``Sequence.prefill_end``) before it decodes again.
 - Sequences leave at once: cancelled ones are removed at the start of the next ``schedule()``.
+- With ``close_gaps`` (a KV stream per id), running sequences' ids do not keep a gap for long
+  while nothing waits: after ``gap_patience`` such steps the fewest of them move into the gaps,
+  their cells copied at once (``_close_gaps``, ``ferry.engine.gaps``); a sequence's id is
+  otherwise fixed while it runs.
 - Drafts (speculative tokens from ``Sequence.drafter``) ride on a decoding sequence's token or on
   the prompt's last chunk, only from the budget the step's one-token-per-sequence work leaves,
   and never past what the sequence may still generate or hold.
@@ -58,6 +67,7 @@ from dataclasses import dataclass, field
 
 from ferry.engine.cache.index import common_prefix
 from ferry.engine.cache.store import KvBackend, PromptCache, Tier
+from ferry.engine.gaps import plan_moves, runs
 from ferry.engine.sequence import ImageSpan, Sequence, Status
 
 
@@ -94,6 +104,7 @@ class StepPlan:
 class Stats:
     prefix_hits: int = 0
     prefix_cached_tokens: int = 0
+    moves: int = 0  # running sequences moved to another id to close a gap (ferry.engine.gaps)
 
 
 class _PlanOnly:
@@ -120,9 +131,16 @@ class Scheduler:
                  min_share: int = 16, *, kv: KvBackend | None = None,
                  n_seq_ids: int | None = None, pool_cells: int | None = None,
                  ram_budget: int = 0, min_restore: int = 32, headroom: int = 65,
-                 max_bypass: int | None = None, lookahead: int = 256,
-                 kv_keep: Callable[[int, int], int] | None = None) -> None:
+                 max_bypass: int | None = None, last_cold: int | None = None,
+                 lookahead: int = 256,
+                 kv_keep: Callable[[int, int], int] | None = None, close_gaps: bool = False,
+                 gap_patience: int = 8) -> None:
         self.min_share = min_share
+        # close_gaps: the KV has a stream per id (a batch is cut at gaps in its ids); a gap that
+        # lasted gap_patience steps with nothing waiting is closed (_close_gaps)
+        self.close_gaps = close_gaps
+        self.gap_patience = gap_patience
+        self._gapped = 0
         # kv_keep(slot, n): how many of the slot's first n KV cells can be kept (n, or fewer when
         # the memory refuses the partial removal); Runner.keepable. None: always n.
         self.kv_keep = kv_keep
@@ -134,6 +152,8 @@ class Scheduler:
         self.pool_cells = pool_cells if pool_cells is not None else 1 << 40
         self.headroom = headroom
         self.max_bypass = 2 * n_slots if max_bypass is None else max_bypass
+        # at most this many mostly uncached sequences waiting: they go before cached ones
+        self.last_cold = 3 * n_slots // 4 if last_cold is None else last_cold
         self.lookahead = lookahead
         self.kv: KvBackend = kv if kv is not None else _PlanOnly()
         self.cache = PromptCache(self.kv, ram_budget, min_restore, keep=self._keep)
@@ -141,6 +161,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         # ids not running and not a pool entry's; _take_id hands out the lowest
         self.free_ids: list[int] = list(range(max(n_seq_ids or 2 * n_slots, n_slots)))
+        self.n_seq_ids = len(self.free_ids)
         self.stats = Stats()
 
     @property
@@ -171,6 +192,8 @@ class Scheduler:
         self._expire_waiting(plan, now)
         self._fit_running(plan)
         self._admit(plan)
+        if self.close_gaps:
+            self._close_gaps()
         budget = self.max_batch_tokens
         decoding = [s for s in self.running if not s.in_prefill]
         spare = budget - len(decoding)  # drafts only use what one token per sequence leaves
@@ -359,6 +382,37 @@ class Scheduler:
             else:
                 self._reuse(seq, entry, k)
 
+    def _close_gaps(self) -> None:
+        """Once the running sequences' ids have had a gap for ``gap_patience`` steps in a row
+        while nothing waited for an id and every one of them decoded, move the fewest of them
+        into the gaps (``gaps.plan_moves``): a batch over separate KV streams decodes as one
+        ubatch per run of consecutive ids. A free id is taken as is; a pool entry's id sends the
+        entry to RAM first, as an eviction would. The patience leaves alone the gap a finished
+        turn leaves until its follow-up comes back to the same id. A sequence with fewer tokens
+        left to generate than the patience is not worth the copy."""
+        ids = [s.slot for s in self.running if s.slot is not None]
+        if self.waiting or runs(ids) < 2 or any(s.in_prefill for s in self.running):
+            self._gapped = 0
+            return
+        self._gapped += 1
+        if self._gapped < self.gap_patience:
+            return
+        self._gapped = 0
+        by_slot = {s.slot: s for s in self.running}
+        for src, dst in plan_moves(ids, self.n_seq_ids):
+            seq = by_slot[src]
+            if seq.max_tokens - len(seq.generated) < self.gap_patience:
+                continue
+            if dst in self.free_ids:
+                self.free_ids.remove(dst)
+            else:
+                self.cache.evict_id(dst)
+            self.kv.copy(src, dst, seq.num_computed)
+            self.kv.trim(src, 0)
+            self.free_ids.append(src)
+            seq.slot = dst
+            self.stats.moves += 1
+
     def _take_id(self) -> int:
         """The lowest free id: running sequences stay on consecutive ids, which llama.cpp decodes
         in one ubatch (see ferry.engine.runner)."""
@@ -369,14 +423,22 @@ class Scheduler:
         head = self.waiting[0]
         if head.swapped is not None or head.bypassed >= self.max_bypass:
             return (head, *self._lookup(head))
-        best = None
+        best = cold = None
+        n_cold = 0
         for i, seq in enumerate(self.waiting):
             if i >= self.lookahead:
                 break
             entry, k = self._lookup(seq)
-            if best is None or len(seq.prompt) - k < len(best[0].prompt) - best[2]:
+            left = len(seq.prompt) - k
+            if best is None or left < len(best[0].prompt) - best[2]:
                 best = (seq, entry, k)
+            if 2 * k < len(seq.prompt):  # mostly uncached: a new conversation's first turn
+                n_cold += 1
+                if cold is None or left < len(cold[0].prompt) - cold[2]:
+                    cold = (seq, entry, k)
         assert best is not None
+        if cold is not None and n_cold <= self.last_cold:
+            best = cold
         if best[0] is not head:
             # only the oldest counts: were every sequence passed over counted, a long queue
             # would reach the bound all at once and admission turn into arrival order for

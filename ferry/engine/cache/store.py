@@ -180,6 +180,12 @@ class PromptCache:
             return []
         return [self._to_ram(e)]
 
+    def evict_id(self, seq_id: int) -> None:
+        """Move the pool entry holding ``seq_id`` to RAM (or drop it), as ``evict_pool`` would;
+        the id is the caller's afterwards."""
+        e = next(e for e in self.entries.values() if e.tier is Tier.POOL and e.seq_id == seq_id)
+        self._to_ram(e)
+
     def _to_ram(self, e: Entry, keep: int = 0) -> int:
         """Save pool entry ``e`` to RAM (or drop it) and clear its sequence id past ``keep``
         cells; returns the id (no longer the cache's)."""
