@@ -284,6 +284,21 @@ def test_a_long_queue_of_first_turns_does_not_turn_admission_into_arrival_order(
     assert order == [c[0], c[1], f[0], c[2], c[3], f[1], c[4], c[5], f[2], f[3]]
 
 
+def test_among_cheap_follow_ups_the_conversation_furthest_behind_goes_first():
+    # two conversations' follow-ups, each one chunk of new tokens: the shorter history (fewer
+    # turns done, more to come) is admitted first although it arrived last
+    kv = FakeKv()
+    s = sched(n_slots=1, n_seq_ids=8, kv=kv, pool_cells=10_000, headroom=1)
+    ahead = run_one(s, kv, seq(list(range(300)), max_tokens=1))
+    behind = run_one(s, kv, seq(list(range(1000, 1100)), max_tokens=1))
+    ahead_next = seq(ahead.all_tokens + [7] * 20, max_tokens=1)  # fewer tokens left, but
+    behind_next = seq(behind.all_tokens + [7] * 30, max_tokens=1)  # this history is shorter
+    s.add(ahead_next)
+    s.add(behind_next)
+    step(s, kv)
+    assert behind_next.status is Status.FINISHED and ahead_next.status is Status.WAITING
+
+
 def test_when_few_first_turns_are_left_waiting_they_go_before_cached_follow_ups():
     """Three first turns wait with three cheap follow-ups: one follow-up goes first, then the
     oldest first turn (passed over once: the bound). With two left (last_cold), the first turns

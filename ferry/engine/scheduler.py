@@ -18,7 +18,9 @@ Invariants:
   is free, hands its own id over trimmed to the prefix (``PromptCache.take``; a victim's whole
   tokens still go to RAM) instead of being copied.
 - Admission is cache-aware without starvation: among the first ``lookahead`` waiting sequences
-  the one with the fewest tokens left to compute goes first, unless the oldest waiting sequence
+  the one with the fewest tokens left to compute goes first (among those one prefill chunk
+  completes, the one with the shortest prompt: the conversation furthest behind, whose turns
+  still to come would otherwise run at the end in a narrow batch), unless the oldest waiting sequence
   was already passed over ``max_bypass`` times while it was the oldest; then it goes first. So a
   sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and a follow-up
   turn whose history is cached does not queue behind every first turn that arrived before it.
@@ -424,14 +426,18 @@ class Scheduler:
         if head.swapped is not None or head.bypassed >= self.max_bypass:
             return (head, *self._lookup(head))
         best = cold = None
+        best_key = (0, 0)
         n_cold = 0
         for i, seq in enumerate(self.waiting):
             if i >= self.lookahead:
                 break
             entry, k = self._lookup(seq)
             left = len(seq.prompt) - k
-            if best is None or left < len(best[0].prompt) - best[2]:
-                best = (seq, entry, k)
+            # one chunk computes it: the shortest history first (the conversation furthest
+            # behind, with the most turns to come: it keeps conversations in step)
+            key = (0, len(seq.prompt)) if left <= self.prefill_chunk else (1, left)
+            if best is None or key < best_key:
+                best, best_key = (seq, entry, k), key
             if 2 * k < len(seq.prompt):  # mostly uncached: a new conversation's first turn
                 n_cold += 1
                 if cold is None or left < len(cold[0].prompt) - cold[2]:
