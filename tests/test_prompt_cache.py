@@ -267,12 +267,20 @@ def test_a_long_queue_of_first_turns_does_not_turn_admission_into_arrival_order(
     """Only the oldest waiting sequence counts its bypasses: every first turn queued behind it
     does not reach the bound at once, so cheap follow-ups keep going first (two per first turn
     here) instead of waiting behind every first turn that arrived before them."""
+    f, c, order = admission_order(4, 6, max_bypass=2)
+    assert order == [c[0], c[1], f[0], c[2], c[3], f[1], c[4], c[5], f[2], f[3]]
+
+
+def admission_order(n_first: int, n_follow: int, **kw):
+    """One slot; ``n_first`` first turns (300 uncached tokens each), then ``n_follow`` cheap
+    follow-ups of one cached conversation, all waiting at once. Returns (first turns,
+    follow-ups, the order they were admitted in)."""
     kv = FakeKv()
-    s = sched(n_slots=1, kv=kv, pool_cells=10_000, max_bypass=2, headroom=1)
+    s = sched(n_slots=1, n_seq_ids=8, kv=kv, pool_cells=10_000, headroom=1, **kw)
     base = run_one(s, kv, seq(list(range(200)), max_tokens=1))
     firsts = [seq(list(range(1000 * (i + 1), 1000 * (i + 1) + 300)), max_tokens=1)
-              for i in range(4)]
-    follows = [seq(base.all_tokens[:200] + [i], max_tokens=1) for i in range(6)]
+              for i in range(n_first)]
+    follows = [seq(base.all_tokens[:200] + [i], max_tokens=1) for i in range(n_follow)]
     for q in firsts + follows:
         s.add(q)
     order: list[Sequence] = []
@@ -280,8 +288,7 @@ def test_a_long_queue_of_first_turns_does_not_turn_admission_into_arrival_order(
         step(s, kv)
         check(s, kv)
         order += [q for q in firsts + follows if q.status is not Status.WAITING and q not in order]
-    f, c = firsts, follows
-    assert order == [c[0], c[1], f[0], c[2], c[3], f[1], c[4], c[5], f[2], f[3]]
+    return firsts, follows, order
 
 
 def test_among_cheap_follow_ups_the_conversation_furthest_behind_goes_first():
@@ -304,21 +311,7 @@ def test_when_few_first_turns_are_left_waiting_they_go_before_cached_follow_ups(
     oldest first turn (passed over once: the bound). With two left (last_cold), the first turns
     go before the remaining follow-ups: held back, their conversations would run after the
     others had ended, in a narrow batch."""
-    kv = FakeKv()
-    s = sched(n_slots=1, n_seq_ids=8, kv=kv, pool_cells=10_000, max_bypass=1, last_cold=2,
-              headroom=1)
-    base = run_one(s, kv, seq(list(range(200)), max_tokens=1))
-    firsts = [seq(list(range(1000 * (i + 1), 1000 * (i + 1) + 300)), max_tokens=1)
-              for i in range(3)]
-    follows = [seq(base.all_tokens[:200] + [i], max_tokens=1) for i in range(3)]
-    for q in firsts + follows:
-        s.add(q)
-    order: list[Sequence] = []
-    while s.has_work():
-        step(s, kv)
-        check(s, kv)
-        order += [q for q in firsts + follows if q.status is not Status.WAITING and q not in order]
-    f, c = firsts, follows
+    f, c, order = admission_order(3, 3, max_bypass=1, last_cold=2)
     assert order == [c[0], f[0], f[1], f[2], c[1], c[2]]
 
 
