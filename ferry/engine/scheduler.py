@@ -20,10 +20,11 @@ Invariants:
 - Admission is cache-aware without starvation: among the first ``lookahead`` waiting sequences
   the one with the fewest tokens left to compute goes first (among those one prefill chunk
   completes, the one with the shortest prompt: the conversation furthest behind, whose turns
-  still to come would otherwise run at the end in a narrow batch), unless the oldest waiting sequence
-  was already passed over ``max_bypass`` times while it was the oldest; then it goes first. So a
-  sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and a follow-up
-  turn whose history is cached does not queue behind every first turn that arrived before it.
+  still to come would otherwise run at the end in a narrow batch), unless the oldest waiting
+  sequence was already passed over ``max_bypass`` times while it was the oldest; then it goes
+  first. So a sequence waits at most ``max_bypass + 1`` admissions per sequence ahead of it, and
+  a follow-up turn whose history is cached does not queue behind every first turn that arrived
+  before it.
   Except at the end of a backlog: when at most ``last_cold`` (3/4 of the slots) of the waiting
   sequences are mostly uncached (new conversations), the one of them with the fewest tokens left
   goes first. Held back longer, a new conversation's every turn would come after the others had
@@ -426,7 +427,7 @@ class Scheduler:
         if head.swapped is not None or head.bypassed >= self.max_bypass:
             return (head, *self._lookup(head))
         best = cold = None
-        best_key = (0, 0)
+        best_key, cold_left = (0, 0), 0
         n_cold = 0
         for i, seq in enumerate(self.waiting):
             if i >= self.lookahead:
@@ -440,8 +441,8 @@ class Scheduler:
                 best, best_key = (seq, entry, k), key
             if 2 * k < len(seq.prompt):  # mostly uncached: a new conversation's first turn
                 n_cold += 1
-                if cold is None or left < len(cold[0].prompt) - cold[2]:
-                    cold = (seq, entry, k)
+                if cold is None or left < cold_left:
+                    cold, cold_left = (seq, entry, k), left
         assert best is not None
         if cold is not None and n_cold <= self.last_cold:
             best = cold
