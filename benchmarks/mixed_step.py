@@ -14,6 +14,10 @@ The two forms alternate within each repetition; prints the median of each.
 server, where llama.cpp can reuse the graph of the step before): ``Runner.run``; the chunk alone,
 then the 7 decodes without the chunk's id (a gap in the ids: llama.cpp cuts that batch in two);
 one mixed decode.
+
+``--outputs`` times 8 one-token decodes at ``--ctx`` with logits for all 8 against the same
+batch with no logits for id ``--slot`` (a prompt token beside the decodes), through
+``llama_decode`` directly (``Runner._decode`` now asks for every row in such a call).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     p.add_argument("--last", action="store_true", help="the chunk is a prompt's last (logits)")
     p.add_argument("--slot", type=int, default=7, choices=range(8), help="the prefilling id")
     p.add_argument("--holes", action="store_true", help="Runner.run vs leaving the id out")
+    p.add_argument("--outputs", action="store_true", help="8 logits rows vs 7 in 8 decodes")
     args = p.parse_args()
     r = Runner(Model(args.gguf or bundled_model_path()), RunnerConfig(16384, 8, args.threads, 512))
     for s in range(8):
@@ -73,6 +78,9 @@ def main() -> None:
             r.trim(s, args.ctx)
         return dt
 
+    if args.outputs:
+        _outputs(r, args)
+        return
     if args.holes:
         forms = {"Runner.run": True, "chunk alone, then decodes with a gap": None,
                  "one mixed decode": False}
@@ -90,6 +98,29 @@ def main() -> None:
     kind = "last chunk" if args.last else "chunk"
     print(f"7 decodes + a {args.chunk}-token {kind} (id {args.slot}) at {args.ctx}: one mixed "
           f"decode {m:.1f} ms, Runner.run {s2:.1f} ms ({s2 / m:.2f}x)")
+    r.close()
+
+
+def _outputs(r: Runner, args: argparse.Namespace) -> None:
+    """8 decodes in a row with every row's logits vs without id ``--slot``'s, each form
+    ``--reps`` times in a row (as in a server); median of each, the first 4 calls left out."""
+    import llama_cpp as ll
+
+    for name, skip in (("8 of 8 outputs", None), (f"7 of 8 (none for id {args.slot})", args.slot),
+                       ("8 of 8 outputs again", None)):
+        ts = []
+        for i in range(args.reps + 4):
+            for s in range(8):
+                r._tok[s], r._pos[s], r._nseq[s] = 100 + i, args.ctx + i, 1
+                r._seq[s][0], r._lg[s] = s, s != skip
+            r.batch.n_tokens = 8
+            t0 = time.perf_counter()
+            if ll.llama_decode(r.ctx, r.batch) != 0:
+                raise SystemExit("llama_decode failed")
+            ts.append(time.perf_counter() - t0)
+        for s in range(8):
+            r.trim(s, args.ctx)
+        print(f"8 decodes at {args.ctx}: {name} {statistics.median(ts[4:]) * 1e3:.1f} ms")
     r.close()
 
 

@@ -148,3 +148,31 @@ def test_a_last_chunk_beside_decodes_joins_them_by_one_token_with_the_same_logit
     assert abs(beside - alone).max() < 0.05, abs(beside - alone).max()
     for slot in range(4):
         runner.clear_slot(slot)
+
+
+def test_a_prompt_token_beside_decodes_gets_a_logits_row_too_and_the_decodes_logits_hold(runner):
+    # llama.cpp decodes 8 one-token items slower with 7 logits rows than with 8
+    # (benchmarks/mixed_step.py --outputs), so such a call asks for every row
+    a = runner.model.tokenize("The ferry leaves the harbour at dawn. " * 3)
+    b = runner.model.tokenize("Gulls circle the quay while the rain comes in. " * 3)
+    s0, s1 = (Sequence(t, SamplingParams(), 1, lambda o: None) for t in (a, b))
+    s0.slot, s1.slot = 0, 1
+
+    def decode_logits(beside: bool):
+        for slot in range(4):
+            runner.clear_slot(slot)
+        runner.run(StepPlan(work=[Work(s0, a[:-1], 0, False), Work(s1, b[:10], 0, False)]))
+        work = [Work(s0, [a[-1]], len(a) - 1, True)]
+        if beside:
+            work.append(Work(s1, [b[10]], 10, False))  # s1's next prompt token
+        rows = runner.run(StepPlan(work=work))
+        flags = [runner.batch.logits[i] for i in range(runner.batch.n_tokens)]
+        return runner.logits(rows[s0.id]).copy(), rows, flags
+
+    alone, _, _ = decode_logits(False)
+    beside, rows, flags = decode_logits(True)
+    assert flags == [1, 1] and set(rows) == {s0.id}  # the spare row is asked for, never read
+    assert int(beside.argmax()) == int(alone.argmax())
+    assert abs(beside - alone).max() < 0.05, abs(beside - alone).max()
+    for slot in range(4):
+        runner.clear_slot(slot)
