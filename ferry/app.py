@@ -57,6 +57,7 @@ def engine_config(s: Settings, spec: ModelSpec | None = None) -> EngineConfig:
     n_ctx = (spec and spec.ctx_size) or s.ctx_size  # 0: from the model (default_pool_cells)
     return EngineConfig(n_ctx=n_ctx, n_slots=parallel, n_threads=s.threads,
                         n_batch=s.batch_size, prefill_chunk=s.prefill_chunk,
+                        prefill_chunk_backlog=s.prefill_chunk_backlog,
                         max_queue=s.max_queue, queue_timeout=s.queue_timeout,
                         speculative=s.speculative, draft_max=s.draft_max,
                         draft_model=s.draft_model, placement=Placement.from_settings(s),

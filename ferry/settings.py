@@ -129,6 +129,11 @@ class EngineOptions(FlagGroup):
     prefill_chunk: int = Field(64, ge=8, description="prompt tokens prefilled in one batch per "
                                "step while other streams are decoding, plus one beside the "
                                "decodes (a prompt's last chunk takes its tail too: up to 2N+1)")
+    prefill_chunk_backlog: int = Field(256, ge=8, description="--prefill-chunk while requests "
+                                       "wait for a slot: throughput then serves them sooner, "
+                                       "and a prompt in few large chunks costs less than in "
+                                       "many small ones (running streams pause up to one such "
+                                       "chunk a step)")
     speculative: Literal["none", "ngram", "draft"] = Field(
         "none", description="speculative decoding: none; ngram (prompt lookup: drafts copied "
         "from the prompt and the text so far); draft (a smaller model, --draft-model, drafts "

@@ -22,6 +22,8 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
     (("--draft-max", "0"), "--draft-max"),
     (("--draft-max", "65"), "--draft-max"),
     (("--parallel", "0"), "--parallel"),
+    (("--prefill-chunk-backlog", "7"), "--prefill-chunk-backlog"),
+    (("--prefill-chunk-backlog", "many"), "--prefill-chunk-backlog"),
     (("--n-gpu-layers", "-2"), "--n-gpu-layers"),
     (("--main-gpu", "99"), "--main-gpu 99: no such GPU; llama.cpp sees"),
     (("--tensor-split", ",".join(["1"] * 17)), "--tensor-split has 17 shares; llama.cpp sees"),

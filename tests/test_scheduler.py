@@ -57,6 +57,41 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
     assert sizes == [65] * 29 + [115]
 
 
+def test_while_a_sequence_waits_for_a_slot_prompts_are_prefilled_in_backlog_chunks():
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64, backlog_chunk=256)
+    a = seq([1, 2], max_tokens=1000)
+    s.add(a)
+    fake_run(s, s.schedule())
+    b, c = seq(list(range(2000))), seq([5, 6])
+    s.add(b)
+    sizes = []
+    while b.in_prefill:
+        plan = s.schedule()
+        assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
+        sizes.append(sum(len(w.tokens) for w in plan.work if w.seq is b))
+        fake_run(s, plan)
+        if len(sizes) == 1:
+            s.add(c)  # no slot for c: a backlog
+        if len(sizes) == 4:
+            s.finish(c, "cancelled")  # the backlog is gone: back to --prefill-chunk
+    assert sizes[:4] == [65, 257, 257, 257]
+    # then 65-token chunks again, the last taking the tail: 2000 - 65 - 3 x 257 = 1164 = 17 x 65 + 59
+    assert sizes[4:] == [65] * 16 + [124]
+
+
+def test_a_prompt_up_to_twice_the_backlog_chunk_is_prefilled_in_one_step_beside_decodes():
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64, backlog_chunk=256)
+    a = seq([1, 2], max_tokens=1000)
+    s.add(a)
+    fake_run(s, s.schedule())
+    b, c = seq(list(range(370))), seq(list(range(1000, 1400)))
+    s.add(b)
+    s.add(c)  # the longer prompt waits: a backlog
+    plan = s.schedule()
+    assert {w.seq.id: len(w.tokens) for w in plan.work} == {a.id: 1, b.id: 370}
+    assert c.status is Status.WAITING
+
+
 def test_while_others_decode_every_prefilling_sequence_computes_at_least_one_token_a_step():
     # the runner puts each item's last token beside the decodes: no running id is missing from
     # that ubatch, so llama.cpp does not cut it at a gap

@@ -51,6 +51,7 @@ class EngineConfig:
     ctx_per_slot: int = 2048  # n_ctx 0: at least this many cells per slot (default_pool_cells)
     cache_ram_mib: int = 0  # prompt cache in host RAM (0: only what stays in the KV pool)
     kv_unified: bool = False  # one KV pool for all sequences (else a stream per slot)
+    prefill_chunk_backlog: int | None = None  # the chunk while requests wait (None: prefill_chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,8 @@ class Engine:
                                    kv_keep=self.runner.keepable,
                                    # a stream per id (a batch is cut at gaps in the ids); the draft
                                    # model's slots mirror the target's, so its ids stay put
-                                   close_gaps=not cfg.kv_unified and cfg.speculative != "draft")
+                                   close_gaps=not cfg.kv_unified and cfg.speculative != "draft",
+                                   backlog_chunk=cfg.prefill_chunk_backlog)
         self.draft: DraftModel | None = None
         if cfg.speculative == "draft":
             if not cfg.draft_model:

@@ -35,7 +35,12 @@ Invariants:
   tokens per step while other sequences are decoding (or, for a prompt's end, its last
   ``2 x prefill_chunk + 1``: a short tail chunk costs more a token, ``benchmarks/mixed_step.py``),
   so a long prompt never stalls running streams. Meanwhile every other prefilling sequence
-  computes one prompt token a step (``_plan_prefill``).
+  computes one prompt token a step (``_plan_prefill``). While a sequence waits for a slot (a
+  backlog), the chunk is ``backlog_chunk`` instead: the server is then bound by throughput, and
+  a prompt in few large chunks costs less than in many small ones (fewer calls, steps in which
+  its slot yields nothing, prompt tokens in the decode ubatch; multi-turn load, 24
+  conversations on 8 slots: 256 gave 1.07-1.14x the tok/s of 64, at an ITL p99 of ~1.2 s
+  instead of ~0.4 s, ``benchmarks/RESULTS.md``).
 - A prompt sharing at least ``min_share`` more tokens with a running sequence's prompt (same
   namespace) than with the cache (concurrent requests with one system prompt, ``n`` choices) does
   not recompute them: it waits until that sequence has computed them, then its slot gets a copy of the other's
@@ -137,7 +142,7 @@ class Scheduler:
                  max_bypass: int | None = None, last_cold: int | None = None,
                  lookahead: int = 256,
                  kv_keep: Callable[[int, int], int] | None = None, close_gaps: bool = False,
-                 gap_patience: int = 8) -> None:
+                 gap_patience: int = 8, backlog_chunk: int | None = None) -> None:
         self.min_share = min_share
         # close_gaps: the KV has a stream per id (a batch is cut at gaps in its ids); a gap that
         # lasted gap_patience steps with nothing waiting is closed (_close_gaps)
@@ -151,6 +156,8 @@ class Scheduler:
         self.n_slots = n_slots
         self.max_batch_tokens = max_batch_tokens
         self.prefill_chunk = prefill_chunk
+        # the chunk beside decodes while a sequence waits for a slot (None: prefill_chunk)
+        self.backlog_chunk = prefill_chunk if backlog_chunk is None else backlog_chunk
         self.queue_timeout = queue_timeout
         self.pool_cells = pool_cells if pool_cells is not None else 1 << 40
         self.headroom = headroom
@@ -206,7 +213,8 @@ class Scheduler:
             plan.work.append(Work(seq, [seq.generated[-1], *draft], seq.num_computed, True, draft))
             budget -= 1 + len(draft)
         if decoding:  # the runner decodes a chunk's last token beside the decodes (see below)
-            self._plan_prefill(plan, budget, self.prefill_chunk + 1, fill=True)
+            chunk = self.backlog_chunk if self.waiting else self.prefill_chunk
+            self._plan_prefill(plan, budget, chunk + 1, fill=True)
         else:
             self._plan_prefill(plan, budget, budget, fill=False)
         return plan
