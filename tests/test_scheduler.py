@@ -39,41 +39,50 @@ def test_no_more_sequences_run_than_slots():
     assert s.num_running == 2 and s.num_waiting == 3
 
 
-def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
-    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
-    a = seq([1, 2])
+def one_decoding(s: Scheduler) -> Sequence:
+    """A sequence admitted to ``s`` and past its prompt: it decodes from the next step on."""
+    a = seq([1, 2], max_tokens=1000)
     s.add(a)
     fake_run(s, s.schedule())
-    b = seq(list(range(2000)))
-    s.add(b)
-    sizes = []
+    return a
+
+
+def prefill_sizes(s: Scheduler, a: Sequence, b: Sequence, after=lambda steps: None) -> list[int]:
+    """Tokens of ``b``'s prompt computed each step until it is done (``after(steps so far)`` runs
+    after each); the decoding ``a`` must advance every step."""
+    sizes: list[int] = []
     while b.in_prefill:
         plan = s.schedule()
         assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
         sizes.append(sum(len(w.tokens) for w in plan.work if w.seq is b))
         fake_run(s, plan)
+        after(len(sizes))
+    return sizes
+
+
+def test_long_prompt_is_prefilled_in_chunks_while_others_decode():
+    s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64)
+    a = one_decoding(s)
+    b = seq(list(range(2000)))
+    s.add(b)
     # 65-token chunks (64 in a batch of their own, one beside the decodes); the 50-token tail
     # rides with the last one (a short chunk costs more a token)
-    assert sizes == [65] * 29 + [115]
+    assert prefill_sizes(s, a, b) == [65] * 29 + [115]
 
 
 def test_while_a_sequence_waits_for_a_slot_prompts_are_prefilled_in_backlog_chunks():
     s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64, backlog_chunk=256)
-    a = seq([1, 2], max_tokens=1000)
-    s.add(a)
-    fake_run(s, s.schedule())
+    a = one_decoding(s)
     b, c = seq(list(range(2000))), seq([5, 6])
     s.add(b)
-    sizes = []
-    while b.in_prefill:
-        plan = s.schedule()
-        assert any(w.seq is a for w in plan.work), "the running stream must advance every step"
-        sizes.append(sum(len(w.tokens) for w in plan.work if w.seq is b))
-        fake_run(s, plan)
-        if len(sizes) == 1:
+
+    def backlog(steps: int) -> None:
+        if steps == 1:
             s.add(c)  # no slot for c: a backlog
-        if len(sizes) == 4:
+        if steps == 4:
             s.finish(c, "cancelled")  # the backlog is gone: back to --prefill-chunk
+
+    sizes = prefill_sizes(s, a, b, backlog)
     assert sizes[:4] == [65, 257, 257, 257]
     # then 65-token chunks again, the last taking the tail: 2000 - 65 - 3 x 257 = 1164 = 17 x 65 + 59
     assert sizes[4:] == [65] * 16 + [124]
@@ -81,9 +90,7 @@ def test_while_a_sequence_waits_for_a_slot_prompts_are_prefilled_in_backlog_chun
 
 def test_a_prompt_up_to_twice_the_backlog_chunk_is_prefilled_in_one_step_beside_decodes():
     s = Scheduler(n_slots=2, max_batch_tokens=512, prefill_chunk=64, backlog_chunk=256)
-    a = seq([1, 2], max_tokens=1000)
-    s.add(a)
-    fake_run(s, s.schedule())
+    a = one_decoding(s)
     b, c = seq(list(range(370))), seq(list(range(1000, 1400)))
     s.add(b)
     s.add(c)  # the longer prompt waits: a backlog
