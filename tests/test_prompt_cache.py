@@ -345,7 +345,9 @@ def test_random_conversations_never_see_a_wrong_or_foreign_prefix(data):
                   n_seq_ids=data.draw(st.integers(3, 6)), pool_cells=400, n_ctx_seq=200,
                   ram_budget=data.draw(st.sampled_from([0, 300, 2000])), min_restore=BLOCK,
                   headroom=1, max_bypass=2, close_gaps=data.draw(st.booleans()),
-                  gap_patience=data.draw(st.integers(1, 3)))
+                  gap_patience=data.draw(st.integers(1, 3)),
+                  prefill_chunk=data.draw(st.sampled_from([8, 64])),
+                  backlog_chunk=data.draw(st.sampled_from([None, 16, 256])))
     convs = [(data.draw(st.sampled_from(["", "k1", "k2"])),
               [data.draw(st.integers(0, 2))] * data.draw(st.integers(1, 40))) for _ in range(4)]
     for _ in range(data.draw(st.integers(3, 12))):
